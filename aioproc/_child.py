@@ -1,0 +1,118 @@
+"""The child side: everything a child does before and after running its target.
+
+``bootstrap`` is the target of the multiprocessing process that carries an aioproc child. In
+order, it: takes the parent's stdout/stderr (forkserver), becomes the leader of its own
+process group, starts the parent-death watchdog, loads the Process object, reports READY,
+runs ``Process.run()`` and sends back its value or its exception. Every fd the child is
+given is set up here, in one place.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import traceback
+from typing import TYPE_CHECKING
+
+from ._wire import Kind, write_frame
+
+if TYPE_CHECKING:
+    from ._launcher import InheritedFd, Payload
+    from ._process import Process
+
+__all__ = ["bootstrap", "current"]
+
+#: The Process object this child runs, once the bootstrap has loaded it.
+current: Process | None = None
+
+
+def bootstrap(
+    payload: Payload,
+    result: InheritedFd,
+    stdio: tuple[InheritedFd | None, InheritedFd | None] | None,
+) -> None:
+    global current
+    fd = result.fd
+    if stdio is not None:
+        for target, inherited in zip((1, 2), stdio, strict=True):
+            if inherited is not None:
+                os.dup2(inherited.fd, target)
+                os.close(inherited.fd)
+    # Lead a process group, so that terminate/kill/stop reach our descendants too. start()
+    # returns only after READY, so the parent never signals a group that does not exist yet.
+    os.setpgid(0, 0)
+    _start_watchdog()
+    from . import _process
+
+    # Under fork we inherited the parent's bookkeeping and its fds for our siblings: drop
+    # them, or a sibling's parent-death pipe stays open in us (pitfall 14).
+    _process.forget_parent_children()
+    try:
+        process = payload.load()
+    except BaseException:
+        write_frame(fd, Kind.LOAD_FAILED, traceback.format_exc().encode())
+        raise SystemExit(1) from None
+    process._become_current()
+    current = process
+    write_frame(fd, Kind.READY)
+    try:
+        value = process.run()
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        write_frame(fd, Kind.RAISED, pickle.dumps(_exception_record(exc)))
+        raise SystemExit(1) from None
+    try:
+        body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        record = (f"{type(value).__module__}.{type(value).__qualname__}", *_exception_record(exc))
+        write_frame(fd, Kind.UNPICKLABLE, pickle.dumps(record))
+        raise SystemExit(1) from None
+    write_frame(fd, Kind.VALUE, body)
+
+
+def _exception_record(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    """(pickled exception or None, type name, message, formatted traceback)."""
+    tb = "".join(traceback.format_exception(exc))
+    data: bytes | None
+    try:
+        data = pickle.dumps(exc)
+        # Round-trip here: an exception that pickles but cannot be rebuilt (a custom
+        # __init__ with required arguments) would otherwise fail in the parent (pitfall 15).
+        pickle.loads(data)
+    except Exception:  # noqa: BLE001 - any failure means "send the text instead"
+        data = None
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return data, name, str(exc), tb
+
+
+def _start_watchdog() -> None:
+    """End this child and its process group as soon as the parent process dies.
+
+    Waits on multiprocessing's parent sentinel, a pipe whose other end only the parent holds:
+    it works for every start method and for SIGKILL, unlike PR_SET_PDEATHSIG, which follows
+    the parent's *thread* and does nothing under forkserver (pitfall 11).
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - only when run outside multiprocessing
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        import select
+
+        while True:
+            try:
+                select.select([sentinel], [], [])
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+        if os.getpgid(0) == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="aioproc-parent-watchdog", daemon=True).start()

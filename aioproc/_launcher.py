@@ -1,0 +1,372 @@
+"""The seam between aioproc and whatever makes processes: launch, signal, watch, release.
+
+Everything aioproc does to a child goes through a :class:`Handle`: a pid, one fd that becomes
+readable when the exit status can be read (:meth:`Handle.poll`), one fd carrying the child's
+frames (``_wire.py``), :meth:`Handle.signal` and :meth:`Handle.close`. The local launcher below
+builds handles on :mod:`multiprocessing`; another launcher (a cluster) can sit beside it by
+producing the same handle.
+
+``launch()`` blocks (pickling, fork server round trip) and runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.context
+import multiprocessing.process
+import os
+import pickle
+import signal
+import sys
+import warnings
+from collections.abc import Iterator
+from multiprocessing import reduction
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._errors import SpawnError
+
+if TYPE_CHECKING:
+    from ._process import Process
+
+__all__ = ["Handle", "default_context", "launch", "resolve_context"]
+
+logger = logging.getLogger("aioproc.launcher")
+
+Context = multiprocessing.context.BaseContext
+
+#: forkserver where the platform has it (Linux: no fork-in-a-threaded-parent deadlocks, cheap
+#: starts once the server runs), spawn elsewhere.
+DEFAULT_METHOD = (
+    "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+)
+
+FORK_WARNING = (
+    "the 'fork' start method copies a multi-threaded parent (the event loop plus aioproc's "
+    "start thread), which can deadlock the child on a lock held by another thread; prefer the "
+    "default ('forkserver') or 'spawn'"
+)
+
+
+def default_context() -> Context:
+    return multiprocessing.get_context(DEFAULT_METHOD)
+
+
+def resolve_context(context: str | Context | None, *, stacklevel: int) -> Context | None:
+    """Check a user's ``context=`` argument; ``None`` stays None (decided at start)."""
+    if context is None:
+        return None
+    if isinstance(context, str):
+        methods = multiprocessing.get_all_start_methods()
+        if context not in methods:
+            raise ValueError(
+                f"unknown start method {context!r}: use one of {', '.join(map(repr, methods))}, "
+                "or pass a multiprocessing context"
+            )
+        ctx: Context = multiprocessing.get_context(context)
+    elif isinstance(context, Context):
+        ctx = context
+    else:
+        raise TypeError(
+            "context must be a start-method name ('forkserver', 'spawn', 'fork') or a "
+            f"multiprocessing context, not {type(context).__name__}"
+        )
+    if ctx.get_start_method() == "fork":
+        warnings.warn(FORK_WARNING, RuntimeWarning, stacklevel=stacklevel + 1)
+    return ctx
+
+
+# --- the fork server --------------------------------------------------------------------------
+
+_preload_done = False
+
+
+def _configure_forkserver() -> None:
+    """Preload, in the fork server, what every child would otherwise import again.
+
+    Each forkserver child re-imports ``__main__``; with anyio, attrs and trio imported there
+    that costs 90-160 ms per child, because the stdlib's own ``'__main__'`` preload is a no-op
+    (CPython gh-126631). Preloading the modules themselves makes the re-import nearly free.
+    Must run before the server starts; the user's own preload list is kept.
+    """
+    global _preload_done
+    if _preload_done:
+        return
+    _preload_done = True
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # type: ignore[attr-defined]
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return  # already running: too late to preload, and not ours to restart
+    wanted = ["aioproc"] + [m for m in ("trio", "uvloop") if m in sys.modules]
+    current: list[str] = list(getattr(server, "_preload_modules", ["__main__"]))
+    forkserver.set_forkserver_preload(current + [m for m in wanted if m not in current])
+
+
+# --- what crosses the boundary ----------------------------------------------------------------
+
+
+class InheritedFd:
+    """An fd that the child receives: by inheritance under fork, by fd passing otherwise."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Runs while multiprocessing pickles the process object, so the spawning Popen is set
+        # and DupFd registers the fd to be passed to the child.
+        return (_rebuild_fd, (reduction.DupFd(self.fd),))
+
+
+def _rebuild_fd(dup: Any) -> InheritedFd:
+    return InheritedFd(dup.detach())
+
+
+class Payload:
+    """The Process object, pickled by the parent at launch but unpickled by the bootstrap.
+
+    Pickling happens inside multiprocessing's own pickling of the launch (so Queues, Locks and
+    Connections in the arguments work as they do with the stdlib); unpickling is deferred to the
+    child's bootstrap, so a target the child cannot import is reported over the pipe as a
+    :class:`SpawnError` instead of a traceback on the child's stderr.
+    """
+
+    def __init__(self, obj: Process) -> None:
+        self.obj: Process | None = obj
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        try:
+            data = bytes(reduction.ForkingPickler.dumps(self.obj))
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return (_payload_from_bytes, (data,))
+
+    def load(self) -> Process:
+        if self.obj is None:
+            assert self.data is not None
+            self.obj = pickle.loads(self.data)
+            self.data = None
+        return self.obj
+
+
+def _payload_from_bytes(data: bytes) -> Payload:
+    payload = Payload.__new__(Payload)
+    payload.obj, payload.data, payload.error = None, data, None
+    return payload
+
+
+class _DryRunPopen:
+    """Stands in for a spawning Popen while we find which part of a process won't pickle."""
+
+    @staticmethod
+    def duplicate_for_child(fd: int) -> int:
+        return fd
+
+    @staticmethod
+    def DupFd(fd: int) -> int:  # noqa: N802 - mirrors multiprocessing's Popen.DupFd
+        return fd
+
+
+def _parts(process: Process) -> Iterator[tuple[str, object]]:
+    target = getattr(process, "_target", None)
+    if target is not None:
+        yield f"target {target!r}", target
+    for i, arg in enumerate(getattr(process, "_args", ())):
+        yield f"argument {i} ({type(arg).__name__})", arg
+    for key, value in getattr(process, "_kwargs", {}).items():
+        yield f"keyword argument {key!r} ({type(value).__name__})", value
+    for key, value in process.__getstate__().items():
+        if key not in ("_target", "_args", "_kwargs"):
+            yield f"attribute {key!r} of {type(process).__name__}", value
+
+
+def _pickling_error(process: Process, method: str, exc: BaseException) -> SpawnError:
+    culprit = "the process object"
+    multiprocessing.context.set_spawning_popen(_DryRunPopen())
+    try:
+        for what, value in _parts(process):
+            try:
+                reduction.ForkingPickler.dumps(value)
+            except Exception as part_exc:  # noqa: BLE001 - we are looking for the culprit
+                culprit, exc = what, part_exc
+                break
+    finally:
+        multiprocessing.context.set_spawning_popen(None)
+    return SpawnError(
+        f"cannot send {culprit} to the child of {process.name!r} under the {method!r} start "
+        f"method: {type(exc).__name__}: {exc}. Targets and arguments are pickled: use a "
+        "module-level function (not a lambda, closure or nested function) and picklable "
+        "arguments"
+    )
+
+
+# --- handles ---------------------------------------------------------------------------------
+
+
+class Handle(Protocol):
+    """A launched child, as the rest of aioproc sees it."""
+
+    pid: int
+    #: Readable once :meth:`poll` can return the exit code.
+    exit_fd: int
+    #: The child's frames (see ``_wire.py``).
+    result_fd: int
+
+    def poll(self) -> int | None: ...
+
+    def signal(self, signum: int) -> None: ...
+
+    def close(self) -> None: ...
+
+    def fds(self) -> list[int]: ...
+
+
+def _pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3, or the process is already gone
+        return None
+
+
+class LocalHandle:
+    """A child started by :mod:`multiprocessing`, with aioproc owning its reaping."""
+
+    def __init__(self, inner: multiprocessing.process.BaseProcess, result_fd: int) -> None:
+        popen: Any = inner._popen  # type: ignore[attr-defined]
+        self._inner = inner
+        self._popen = popen
+        self.pid: int = popen.pid
+        self.result_fd = result_fd
+        self.returncode: int | None = None
+        self._pidfd: int | None = None
+        if popen.method == "forkserver":
+            # The server reaps the child and writes its status to the sentinel, which only
+            # the server holds: readable means the status is there.
+            self.exit_fd: int = popen.sentinel
+        else:
+            # The child is ours to reap. Its sentinel can be held open by grandchildren and
+            # fires before the status is ready (pitfalls 6, 7); a pidfd has neither problem.
+            self._pidfd = _pidfd_open(self.pid)
+            self.exit_fd = popen.sentinel if self._pidfd is None else self._pidfd
+        self._closed = False
+
+    def fds(self) -> list[int]:
+        fds = [self.result_fd, self._popen.sentinel]
+        if self._pidfd is not None:
+            fds.append(self._pidfd)
+        return fds
+
+    def poll(self) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        if self._popen.method == "forkserver":
+            code = self._popen.poll()
+        else:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                # Someone called waitpid(-1) or installed a SIGCHLD handler that reaps
+                # (pitfall 9): the status is gone. Report it as the stdlib does.
+                logger.warning("exit status of pid %d was taken by another reaper", self.pid)
+                code = 255
+            else:
+                if pid == 0:
+                    return None
+                code = os.waitstatus_to_exitcode(status)
+            # Lets multiprocessing's own close() see the child as finished.
+            self._popen.returncode = code
+        if code is not None:
+            self.returncode = code
+        return code
+
+    def signal(self, signum: int) -> None:
+        if self.poll() is not None:
+            return
+        # Each child leads its own process group (the bootstrap said so before start()
+        # returned), so this reaches its descendants too.
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self.result_fd)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+        if self.returncode is not None:
+            self._inner.close()
+        else:
+            # Never reaped (interpreter exit): still release multiprocessing's fds.
+            self._popen.finalizer()  # pragma: no cover - exit path
+
+
+def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
+    """Start ``process`` in a new child (blocking; runs in a worker thread)."""
+    from . import _child
+
+    method = context.get_start_method()
+    if method == "forkserver":
+        _configure_forkserver()
+    stdio = None
+    if method == "forkserver":
+        # Forkserver children inherit the server's stdout/stderr, captured when the server
+        # started; hand them the parent's current ones instead (pitfall 18).
+        stdio = tuple(InheritedFd(fd) if _is_open(fd) else None for fd in (1, 2))
+    payload = Payload(process)
+    read_fd, write_fd = os.pipe()
+    try:
+        inner = context.Process(  # type: ignore[attr-defined]
+            target=_child.bootstrap,
+            args=(payload, InheritedFd(write_fd), stdio),
+            name=process.name,
+            daemon=daemon,
+        )
+        try:
+            inner.start()
+        except BaseException as exc:
+            if payload.error is not None:
+                raise _pickling_error(process, method, payload.error) from exc
+            if isinstance(exc, (OSError, EOFError)):
+                raise SpawnError(
+                    f"could not start {process.name!r} ({method}): {type(exc).__name__}: {exc}"
+                    f"{_hint(exc)}"
+                ) from exc
+            raise
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    # aioproc reaps its own children. Left in multiprocessing's list, any other start() in the
+    # program would poll them with waitpid and could take their exit status (pitfall 3).
+    multiprocessing.process._children.discard(inner)  # type: ignore[attr-defined]
+    return LocalHandle(inner, read_fd)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _hint(exc: BaseException) -> str:
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+        return " (out of file descriptors: raise RLIMIT_NOFILE or run fewer children at once)"
+    if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return " (out of processes or memory: run fewer children at once)"
+    if isinstance(exc, EOFError):
+        return " (the fork server went away; the next start launches a new one)"
+    return ""

@@ -1,0 +1,521 @@
+"""The process facade: ``multiprocessing.Process`` with an awaitable lifecycle.
+
+::
+
+    parent (event loop)                                    child
+    ───────────────────                                    ─────
+    await p.start()
+      └─ worker thread ── launch() ─ pickles Process ──▶  bootstrap()        (_child.py)
+         (aioproc's own                                     setpgid, watchdog,
+          2-token limiter)                                  load Process
+      ◀── READY ──────────── frame pipe ─────────────────   READY
+    await p.wait() / result() / group watcher               p.run() -> value | exception
+      └─ Watcher (_watch.py): one task reads ◀── frames ──  VALUE / RAISED / UNPICKLABLE
+         the frame pipe and waits on the exit fd ◀── exit ── exit(code)
+    p.terminate() / kill() ── killpg(pid, sig) ──────────▶  the child's process group
+
+Starting is the only blocking step and runs in a worker thread; a start that has begun is
+never abandoned: if the caller is cancelled, the child is killed and reaped before the
+cancellation goes on. Everything else happens on the event loop, waiting on fds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import logging
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import time
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from . import _child
+from ._errors import (
+    ProcessFailed,
+    ProcessStateError,
+    SpawnError,
+    describe_exit,
+    process_label,
+    rebuild_exception,
+)
+from ._events import ExitEvent
+from ._launcher import Context, default_context, launch, resolve_context
+from ._watch import Watcher
+from ._wire import Kind
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "Process",
+    "active_children",
+    "cpu_count",
+    "current_process",
+]
+
+logger = logging.getLogger("aioproc.process")
+
+#: Seconds between SIGTERM and SIGKILL when aioproc stops a child.
+DEFAULT_GRACE = 5.0
+
+#: Threads that may start children at once. One or two keep event-loop lag low even in a storm
+#: of starts (pitfall 5); more only add GIL contention. Not anyio's default limiter, which web
+#: frameworks share with their sync endpoints.
+START_THREADS = 2
+_start_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
+    "aioproc_start_limiter"
+)
+
+_counter = itertools.count(1)
+#: Children started and not yet finished, for active_children() and interpreter exit.
+_live: set[Process] = set()
+#: Facades of processes that aioproc did not start (the main process), by pid.
+_foreign: dict[int, Process] = {}
+
+def _limiter() -> anyio.CapacityLimiter:
+    try:
+        return _start_limiter.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(START_THREADS)
+        _start_limiter.set(limiter)
+        return limiter
+
+
+class Process:
+    """A child process with an awaitable lifecycle.
+
+    Built like :class:`multiprocessing.Process` (same constructor, plus ``context``: a start
+    method name or a multiprocessing context; default forkserver on Linux). Subclasses may
+    override :meth:`run`; whatever ``run()`` (or ``target``) returns is the process's result.
+    """
+
+    def __init__(
+        self,
+        group: None = None,
+        target: Any = None,
+        name: str | None = None,
+        args: Any = (),
+        kwargs: Any = None,
+        *,
+        daemon: bool | None = None,
+        context: str | Context | None = None,
+    ) -> None:
+        if group is not None:
+            raise ValueError(
+                "group must be None, as in multiprocessing; for groups of processes use "
+                "aioproc.open_group()"
+            )
+        if target is not None and not callable(target):
+            raise TypeError(f"target must be callable, not {type(target).__name__}")
+        self._target = target
+        self._args = tuple(args)
+        self._kwargs = dict(kwargs) if kwargs is not None else {}
+        self._name = name if name is not None else f"{type(self).__name__}-{next(_counter)}"
+        self._daemon = current_process().daemon if daemon is None else bool(daemon)
+        self._context = resolve_context(context, stacklevel=2)
+        self._pid: int | None = None
+        self._current = False
+        self._starting = False
+        self._stopping = False  # aioproc sent SIGTERM/SIGKILL: the exit is a stop, not a failure
+        self._watcher: Watcher | None = None
+        self._error: BaseException | None = None
+        self._value: Any = None
+        self._decoded = False
+        self._stopped_early = False
+
+    # --- attributes, as in multiprocessing --------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a string, not {type(name).__name__}")
+        self._name = name
+
+    @property
+    def daemon(self) -> bool:
+        """Whether the child is stopped (not waited for) when its group or owner is done."""
+        return self._daemon
+
+    @daemon.setter
+    def daemon(self, daemon: bool) -> None:
+        if self._started:
+            raise ProcessStateError(f"cannot change daemon of {self._label} after it started")
+        self._daemon = bool(daemon)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid; ``None`` before start."""
+        return self._pid
+
+    ident = pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """``None`` while running, ``0`` success, ``>0`` error exit, ``-N`` killed by signal N."""
+        return None if self._watcher is None else self._watcher.poll()
+
+    def is_alive(self) -> bool:
+        if self._current:
+            return True
+        return self._watcher is not None and self._watcher.poll() is None
+
+    def run(self) -> Any:
+        """Runs in the child; override it in a subclass. Returns the process's result."""
+        if self._target is not None:
+            return self._target(*self._args, **self._kwargs)
+        return None
+
+    def __repr__(self) -> str:
+        if self._current:
+            state = "current"
+        elif not self._started:
+            state = "initial"
+        elif self.exitcode is None:
+            state = "started"
+        else:
+            state = f"stopped exitcode={self.exitcode}"
+        daemon = " daemon" if self._daemon else ""
+        pid = f" pid={self._pid}" if self._pid is not None else ""
+        return f"<{type(self).__name__} name={self._name!r}{pid} {state}{daemon}>"
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the child; returns once it runs (its bootstrap is done) and ``pid`` is known.
+
+        The blocking part runs in one of aioproc's own start threads. If this task is cancelled
+        after the child was created, the child is killed and reaped before the cancellation
+        propagates.
+        """
+        await self._start(None)
+
+    async def _start(self, default: Context | None) -> None:
+        if self._current:
+            raise ProcessStateError(f"{self._label} is the current process; it cannot be started")
+        if self._started or self._starting:
+            raise ProcessStateError(f"{self._label} was already started; a process starts once")
+        if current_process().daemon:
+            raise SpawnError(
+                f"cannot start {self._name!r}: daemonic processes are not allowed to have "
+                "children (as in multiprocessing); make the parent non-daemonic"
+            )
+        context = self._context or default or default_context()
+        self._starting = True
+        try:
+            handle = await anyio.to_thread.run_sync(
+                launch, context, self, self._daemon, limiter=_limiter()
+            )
+            self._pid = handle.pid
+            watcher = self._watcher = Watcher(handle, functools.partial(_live.discard, self))
+            _live.add(self)
+            logger.debug("started %s", self._label)
+            try:
+                await watcher.until(lambda: watcher.ready or watcher.finished)
+                if watcher.load_error is not None or not watcher.ready:
+                    await watcher.until(lambda: watcher.finished)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    self.kill()
+                    await watcher.until(lambda: watcher.finished)
+                raise
+        finally:
+            self._starting = False
+        if watcher.load_error is not None:
+            raise SpawnError(
+                f"{self._label} could not load its target: is it importable from the child "
+                "(defined at module level, not under `if __name__ == '__main__'`)?\n"
+                f"{watcher.load_error}"
+            )
+        if not watcher.ready:
+            raise SpawnError(
+                f"{self._label} {describe_exit(watcher.exitcode or 0)} before it could run"
+            )
+
+    async def wait(self) -> int:
+        """Wait until the child exits; return its exit code.
+
+        Any number of tasks may wait at once. Cancelling a waiter does not affect the child.
+        For a timeout, wrap it in ``anyio.fail_after()`` or ``anyio.move_on_after()``.
+        """
+        watcher = self._require_started("wait for")
+        await watcher.until(lambda: watcher.finished)
+        assert watcher.exitcode is not None
+        return watcher.exitcode
+
+    async def join(self) -> int:
+        """Alias of :meth:`wait`, the multiprocessing name."""
+        return await self.wait()
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the child and its descendants (its process group)."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Send SIGKILL to the child and its descendants (its process group)."""
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        watcher = self._require_started("signal")
+        if watcher.poll() is not None:
+            return
+        self._stopping = True
+        logger.debug("sending %s to %s", signum.name, self._label)
+        watcher.handle.signal(signum)
+
+    async def stop(self, grace: float = DEFAULT_GRACE) -> int:
+        """Terminate, wait up to ``grace`` seconds, then kill; return the exit code.
+
+        Always reaps the child before returning. If the calling task is cancelled meanwhile,
+        the child is killed and reaped at once, then the cancellation propagates.
+        """
+        if grace < 0:
+            raise ValueError(f"grace must be >= 0, not {grace!r}")
+        watcher = self._require_started("stop")
+        if watcher.finished:
+            assert watcher.exitcode is not None
+            return watcher.exitcode
+        try:
+            self.terminate()
+            with anyio.move_on_after(grace):
+                return await self.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                self.kill()
+                await self.wait()
+            raise
+        logger.warning("%s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace)
+        self.kill()
+        with anyio.CancelScope(shield=True):
+            return await self.wait()
+
+    async def _stop_shielded(self, grace: float) -> None:
+        """Graceful stop that a cancellation cannot cut short (groups, ``run()``, errors)."""
+        with anyio.CancelScope(shield=True):
+            await self.stop(grace)
+
+    async def result(self) -> Any:
+        """Wait for the child, then return what its target returned, or raise its failure.
+
+        A child that raised re-raises its own exception here, with the child's traceback as
+        ``__cause__`` and a note naming the process. Other failures raise
+        :class:`~aioproc.ProcessFailed`.
+        """
+        await self.wait()
+        error = self._failure()
+        if error is not None:
+            raise error
+        if self._stopped_early:
+            assert self.exitcode is not None
+            raise ProcessFailed(
+                f"{self._label} was stopped by aioproc and {describe_exit(self.exitcode)} "
+                "before it returned a result",
+                process=self,
+                exitcode=self.exitcode,
+            )
+        return self._value
+
+    async def __aenter__(self) -> Process:
+        if not self._started:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            await self._stop_shielded(DEFAULT_GRACE)
+            return
+        try:
+            if self._daemon:
+                await self.stop()
+            else:
+                await self.wait()
+        except BaseException:
+            await self._stop_shielded(DEFAULT_GRACE)
+            raise
+
+    # --- outcome ----------------------------------------------------------------------------
+
+    def _failure(self) -> BaseException | None:
+        """The child's failure, or None if it succeeded or was stopped by aioproc."""
+        watcher = self._watcher
+        assert watcher is not None and watcher.exitcode is not None
+        if not self._decoded:
+            self._decode(watcher)
+        return self._error
+
+    def _decode(self, watcher: Watcher) -> None:
+        exitcode = watcher.exitcode
+        assert exitcode is not None
+        frame, watcher.outcome = watcher.outcome, None  # the parent keeps the payload once
+        kind = bytes(frame[:1]) if frame is not None else b""
+        body = memoryview(frame)[1:] if frame is not None else memoryview(b"")
+        self._decoded = True
+        if kind == Kind.VALUE and exitcode == 0:
+            try:
+                self._value = pickle.loads(body)
+            except Exception as exc:  # noqa: BLE001 - reported as the child's failure
+                self._error = ProcessFailed(
+                    f"the result of {self._label} could not be unpickled in the parent: "
+                    f"{type(exc).__name__}: {exc}",
+                    process=self,
+                    exitcode=exitcode,
+                )
+                self._error.__cause__ = exc
+            return
+        if self._stopping:
+            # Stopped by aioproc: not a failure, whatever the child did on its way out.
+            self._stopped_early = exitcode != 0
+            return
+        if kind == Kind.RAISED:
+            data, type_name, message, tb = pickle.loads(body)
+            self._error = rebuild_exception(
+                data, type_name, message, tb, process=self, exitcode=exitcode
+            )
+        elif kind == Kind.UNPICKLABLE:
+            value_type, data, type_name, message, tb = pickle.loads(body)
+            self._error = ProcessFailed(
+                f"the result of {self._label}, of type {value_type}, could not be pickled",
+                process=self,
+                exitcode=exitcode,
+                remote_traceback=tb,
+            )
+            self._error.__cause__ = rebuild_exception(
+                data, type_name, message, tb, process=self, exitcode=exitcode
+            )
+        elif exitcode != 0:
+            self._error = ProcessFailed(
+                f"{self._label} {describe_exit(exitcode)}", process=self, exitcode=exitcode
+            )
+
+    def _exit_event(self) -> ExitEvent:
+        watcher = self._watcher
+        assert watcher is not None and watcher.exitcode is not None and self._pid is not None
+        return ExitEvent(
+            process=self,
+            name=self._name,
+            pid=self._pid,
+            exitcode=watcher.exitcode,
+            error=self._failure(),
+            stopped=self._stopping,
+        )
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def _started(self) -> bool:
+        return self._watcher is not None
+
+    @property
+    def _label(self) -> str:
+        return process_label(self)
+
+    def _require_started(self, action: str) -> Watcher:
+        if self._watcher is None:
+            if self._current:
+                raise ProcessStateError(f"cannot {action} the current process")
+            raise ProcessStateError(
+                f"cannot {action} {self._label}: it has not been started (await p.start())"
+            )
+        return self._watcher
+
+    def __getstate__(self) -> dict[str, Any]:
+        # What the child needs: the parent's watcher, fds and bookkeeping stay behind.
+        state = self.__dict__.copy()
+        state["_watcher"] = None
+        state["_starting"] = False
+        return state
+
+    def _become_current(self) -> None:
+        """In the child: this object now describes the running process itself."""
+        self._current = True
+        self._pid = os.getpid()
+        self._watcher = None
+
+
+# --- module functions ---------------------------------------------------------------------
+
+
+def current_process() -> Process:
+    """The :class:`Process` that this code runs in.
+
+    In a child started by aioproc, its own Process object (subclass and attributes included);
+    elsewhere (the main program) a Process describing the current process.
+    """
+    if _child.current is not None and _child.current._pid == os.getpid():
+        return _child.current
+    pid = os.getpid()
+    facade = _foreign.get(pid)
+    if facade is None:
+        mp = multiprocessing.current_process()
+        facade = Process(name=mp.name, daemon=bool(mp.daemon))
+        facade._become_current()
+        _foreign.clear()  # a forked child must not see its parent's facade
+        _foreign[pid] = facade
+    return facade
+
+
+def active_children() -> list[Process]:
+    """aioproc processes started by this process that are still alive."""
+    return [p for p in list(_live) if p.is_alive()]
+
+
+def cpu_count() -> int:
+    """The number of CPUs in the system, as :func:`multiprocessing.cpu_count`."""
+    return multiprocessing.cpu_count()
+
+
+def forget_parent_children() -> None:
+    """In a freshly forked child: close the parent's fds for its children and forget them."""
+    for process in list(_live):
+        watcher = process._watcher
+        if watcher is not None:
+            for fd in watcher.handle.fds():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+    _live.clear()
+    _foreign.clear()
+
+
+@atexit.register
+def _stop_children_at_exit() -> None:
+    """At interpreter exit no aioproc child is left running.
+
+    multiprocessing would join non-daemonic children here; aioproc's children die with their
+    parent anyway (the watchdog), so they get a graceful stop instead: SIGTERM, up to
+    DEFAULT_GRACE seconds, SIGKILL.
+    """
+    running = [p for p in list(_live) if p.is_alive()]
+    if not running:
+        return
+    for p in running:
+        if not p.daemon:
+            logger.warning("%s still running at interpreter exit: stopping it", p._label)
+        p.terminate()
+    deadline = time.monotonic() + DEFAULT_GRACE
+    while running and time.monotonic() < deadline:
+        fds = [p._watcher.handle.exit_fd for p in running if p._watcher is not None]
+        select.select(fds, [], [], max(0.0, min(0.05, deadline - time.monotonic())))
+        running = [p for p in running if p.is_alive()]
+    for p in running:
+        p.kill()
+    for p in running:
+        assert p._watcher is not None
+        while p._watcher.poll() is None:
+            select.select([p._watcher.handle.exit_fd], [], [], 0.05)
