@@ -24,7 +24,7 @@ Where to read on (each module owns one idea):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, TypeVarTuple, Unpack
+from typing import Any, TypeVar, TypeVarTuple
 
 from ._errors import (
     ProcessError,
@@ -69,8 +69,8 @@ PosArgsT = TypeVarTuple("PosArgsT")
 
 
 async def run(
-    target: Callable[[Unpack[PosArgsT]], T],
-    *args: Unpack[PosArgsT],
+    target: Callable[[*PosArgsT], T],
+    *args: *PosArgsT,
     name: str | None = None,
     context: str | Context | None = None,
 ) -> T:

@@ -52,7 +52,7 @@ def bootstrap(
     _process.forget_parent_children()
     try:
         process = payload.load()
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - whatever it is, the parent must hear of it
         write_frame(fd, Kind.LOAD_FAILED, traceback.format_exc().encode())
         raise SystemExit(1) from None
     process._become_current()
@@ -62,13 +62,14 @@ def bootstrap(
         value = process.run()
     except SystemExit:
         raise
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - the child's failure travels to the parent
         write_frame(fd, Kind.RAISED, pickle.dumps(_exception_record(exc)))
         raise SystemExit(1) from None
     try:
         body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        record = (f"{type(value).__module__}.{type(value).__qualname__}", *_exception_record(exc))
+    except Exception as exc:  # noqa: BLE001 - pickling can fail in any way
+        value_type = f"{type(value).__module__}.{type(value).__qualname__}"
+        record = (value_type, *_exception_record(exc))
         write_frame(fd, Kind.UNPICKLABLE, pickle.dumps(record))
         raise SystemExit(1) from None
     write_frame(fd, Kind.VALUE, body)
@@ -76,7 +77,13 @@ def bootstrap(
 
 def _exception_record(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     """(pickled exception or None, type name, message, formatted traceback)."""
-    tb = "".join(traceback.format_exception(exc))
+    frames = exc.__traceback__
+    # Start the traceback at the user's code, not at this bootstrap.
+    while frames is not None and frames.tb_frame.f_globals.get("__name__", "").startswith(
+        "aioproc._"
+    ):
+        frames = frames.tb_next
+    tb = "".join(traceback.format_exception(type(exc), exc, frames))
     data: bytes | None
     try:
         data = pickle.dumps(exc)
@@ -86,7 +93,9 @@ def _exception_record(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     except Exception:  # noqa: BLE001 - any failure means "send the text instead"
         data = None
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = cls.__qualname__
+    if cls.__module__ != "builtins":
+        name = f"{cls.__module__}.{name}"
     return data, name, str(exc), tb
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVarTuple, Unpack
+from typing import Any, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -88,8 +88,8 @@ class ProcessGroup:
 
     async def spawn(
         self,
-        target: Callable[[Unpack[PosArgsT]], Any],
-        *args: Unpack[PosArgsT],
+        target: Callable[[*PosArgsT], Any],
+        *args: *PosArgsT,
         name: str | None = None,
         daemon: bool | None = None,
         check: bool = True,
@@ -159,7 +159,7 @@ class ProcessGroup:
             if exc is None:
                 try:
                     await self._wait_for_non_daemons()
-                except BaseException as error:  # a failing checked child cancelled us
+                except BaseException as error:  # noqa: BLE001 - handed to the task group below
                     exc = error
                 else:
                     for scope in list(self._daemon_scopes.values()):

@@ -17,7 +17,6 @@ import multiprocessing.context
 import multiprocessing.process
 import os
 import pickle
-import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -95,7 +94,7 @@ def _configure_forkserver() -> None:
     _preload_done = True
     from multiprocessing import forkserver
 
-    server = forkserver._forkserver  # type: ignore[attr-defined]
+    server: Any = forkserver._forkserver
     if getattr(server, "_forkserver_pid", None) is not None:
         return  # already running: too late to preload, and not ours to restart
     wanted = ["aioproc"] + [m for m in ("trio", "uvloop") if m in sys.modules]
@@ -185,7 +184,7 @@ def _parts(process: Process) -> Iterator[tuple[str, object]]:
 
 def _pickling_error(process: Process, method: str, exc: BaseException) -> SpawnError:
     culprit = "the process object"
-    multiprocessing.context.set_spawning_popen(_DryRunPopen())
+    multiprocessing.context.set_spawning_popen(_DryRunPopen())  # type: ignore[arg-type]
     try:
         for what, value in _parts(process):
             try:
@@ -262,6 +261,7 @@ class LocalHandle:
     def poll(self) -> int | None:
         if self.returncode is not None:
             return self.returncode
+        code: int | None
         if self._popen.method == "forkserver":
             code = self._popen.poll()
         else:

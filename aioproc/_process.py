@@ -79,6 +79,7 @@ _live: set[Process] = set()
 #: Facades of processes that aioproc did not start (the main process), by pid.
 _foreign: dict[int, Process] = {}
 
+
 def _limiter() -> anyio.CapacityLimiter:
     try:
         return _start_limiter.get()
@@ -297,7 +298,8 @@ class Process:
         logger.warning("%s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace)
         self.kill()
         with anyio.CancelScope(shield=True):
-            return await self.wait()
+            code = await self.wait()
+        return code
 
     async def _stop_shielded(self, grace: float) -> None:
         """Graceful stop that a cancellation cannot cut short (groups, ``run()``, errors)."""

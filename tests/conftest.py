@@ -1,0 +1,58 @@
+"""Every async test runs on asyncio, asyncio+uvloop and trio (anyio's pytest plugin)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+import uvloop
+
+# Children re-import test modules by path (spawn/forkserver): make `tests` importable.
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"loop_factory": uvloop.new_event_loop}), id="uvloop"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
+
+
+def _children_of(pid: int) -> set[int]:
+    kids: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids.update(int(x) for x in f.read().split())
+        except FileNotFoundError:
+            pass
+    return kids
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children() -> Iterator[None]:
+    """After each test: no aioproc child alive, and no zombie among our direct children."""
+    yield
+    import aioproc
+
+    assert aioproc.active_children() == []
+    zombies = []
+    for pid in _children_of(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state == "Z":
+            zombies.append(pid)
+    assert zombies == []
