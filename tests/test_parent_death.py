@@ -1,0 +1,98 @@
+"""Children never outlive their parent: killed, terminated or interrupted.
+
+Each test runs tests/parent_program.py as a subprocess (a group with a daemon and a non-daemon
+child, each with an os.fork() grandchild), then kills or interrupts it and checks /proc for
+survivors. Survivors are SIGKILLed at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PROGRAM = Path(__file__).with_name("parent_program.py")
+METHODS = ["forkserver", "spawn", "fork"]
+
+
+def _alive(pid: int) -> bool:
+    """True if pid runs (a zombie has already died; it only waits for its reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: list[int], within: float) -> list[int]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.02)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.fixture
+def parent(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
+    started: list[tuple[subprocess.Popen[str], list[int]]] = []
+
+    def start(method: str, backend: str = "asyncio") -> tuple[subprocess.Popen[str], list[int]]:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        env["PYTHONPATH"] = os.pathsep.join([str(PROGRAM.parent.parent), env.get("PYTHONPATH", "")])
+        proc = subprocess.Popen(
+            [sys.executable, str(PROGRAM), method, backend, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("PIDS"), line
+        pids = [int(x) for x in line.split()[1:]]
+        assert len(pids) == 4 and all(_alive(p) for p in pids)
+        started.append((proc, pids))
+        return proc, pids
+
+    yield start
+    for proc, pids in started:
+        for pid in [proc.pid, *pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.communicate()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parent_sigkill_takes_every_child_along(parent, method: str) -> None:  # type: ignore[no-untyped-def]
+    proc, pids = parent(method)
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(pids, within=1.0) == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parent_sigterm_takes_every_child_along(parent, method: str) -> None:  # type: ignore[no-untyped-def]
+    proc, pids = parent(method)
+    proc.terminate()
+    proc.wait()
+    assert _wait_gone(pids, within=1.0) == []
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_stops_children_gracefully(parent, backend: str) -> None:  # type: ignore[no-untyped-def]
+    proc, pids = parent("forkserver", backend)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=2.0 + 5.0)
+    assert "INTERRUPTED" in out
+    assert proc.returncode == 130
+    # The group stopped its children before KeyboardInterrupt left it: none is running.
+    assert [p for p in pids if _alive(p)] == []
