@@ -1,27 +1,30 @@
 """The seam between aioproc and whatever makes processes: launch, signal, watch, release.
 
-Everything aioproc does to a child goes through a :class:`Handle`: a pid, one fd that becomes
-readable when the exit status can be read (:meth:`Handle.poll`), one fd carrying the child's
-frames (``_wire.py``), :meth:`Handle.signal` and :meth:`Handle.close`. The local launcher below
-builds handles on :mod:`multiprocessing`; another launcher (a cluster) can sit beside it by
-producing the same handle.
+Everything aioproc does to a child goes through a :class:`Handle`: its pid, the fd carrying its
+frames (``_wire.py``), ``poll()`` / ``await wait()`` for its exit status, ``signal()`` and
+``close()``. The local launcher below builds handles on :mod:`multiprocessing`; another
+launcher (a cluster) can sit beside it by producing the same handle.
 
-``launch()`` blocks (pickling, fork server round trip) and runs in a worker thread.
+``launch()`` blocks (pickling, the fork server round trip) and runs in a worker thread.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
 import os
 import pickle
+import select
 import sys
 import warnings
 from collections.abc import Iterator
 from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
 
 from ._errors import SpawnError
 
@@ -206,21 +209,35 @@ def _pickling_error(process: Process, method: str, exc: BaseException) -> SpawnE
 
 
 class Handle(Protocol):
-    """A launched child, as the rest of aioproc sees it."""
+    """A launched child, as the rest of aioproc sees it.
+
+    The watcher (``_watch.py``) guarantees that one task at a time awaits :meth:`wait` and
+    reads :attr:`result_fd`, and that :meth:`close` runs only once neither is awaited.
+    """
 
     pid: int
-    #: Readable once :meth:`poll` can return the exit code.
-    exit_fd: int
     #: The child's frames (see ``_wire.py``).
     result_fd: int
 
-    def poll(self) -> int | None: ...
+    def poll(self) -> int | None:
+        """The exit code if the child has exited and its status is known; never blocks."""
+        ...
 
-    def signal(self, signum: int) -> None: ...
+    async def wait(self) -> int:
+        """Wait until the child has exited and its status is known; return the exit code."""
+        ...
 
-    def close(self) -> None: ...
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the child and its descendants; nothing once it has exited."""
+        ...
 
-    def fds(self) -> list[int]: ...
+    def close(self) -> None:
+        """Release the fds (after exit; at interpreter exit, whatever the state)."""
+        ...
+
+    def fds(self) -> list[int]:
+        """Every fd this handle holds (a forked sibling closes them, ``_child.py``)."""
+        ...
 
 
 def _pidfd_open(pid: int) -> int | None:
@@ -230,30 +247,42 @@ def _pidfd_open(pid: int) -> int | None:
         return None
 
 
+def _readable(fd: int) -> bool:
+    # poll(), not select(): a parent with hundreds of children has fds above FD_SETSIZE.
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+#: How long to wait before asking again when an exit fd fired but the status is not there yet.
+_STATUS_RETRY = 0.0005
+
+
 class LocalHandle:
-    """A child started by :mod:`multiprocessing`, with aioproc owning its reaping."""
+    """A child started by :mod:`multiprocessing`, with aioproc owning its reaping.
+
+    Exit is watched on a pidfd where the kernel has them: it fires when the child is gone,
+    whoever holds its sentinel pipe (pitfall 7), and waitpid() has the status by then (pitfall
+    6). The status itself comes from waitpid() for fork and spawn children, and from the fork
+    server, which reaps its children and writes their status to the sentinel, for forkserver
+    children.
+    """
 
     def __init__(self, inner: multiprocessing.process.BaseProcess, result_fd: int) -> None:
         popen: Any = inner._popen  # type: ignore[attr-defined]
         self._inner = inner
         self._popen = popen
+        self._forkserver = popen.method == "forkserver"
         self.pid: int = popen.pid
         self.result_fd = result_fd
         self.returncode: int | None = None
-        self._pidfd: int | None = None
-        if popen.method == "forkserver":
-            # The server reaps the child and writes its status to the sentinel, which only
-            # the server holds: readable means the status is there.
-            self.exit_fd: int = popen.sentinel
-        else:
-            # The child is ours to reap. Its sentinel can be held open by grandchildren and
-            # fires before the status is ready (pitfalls 6, 7); a pidfd has neither problem.
-            self._pidfd = _pidfd_open(self.pid)
-            self.exit_fd = popen.sentinel if self._pidfd is None else self._pidfd
+        self._pidfd = _pidfd_open(self.pid)
         self._closed = False
 
     def fds(self) -> list[int]:
-        fds = [self.result_fd, self._popen.sentinel]
+        # multiprocessing's own: the sentinel and, for fork and forkserver, the write end of
+        # the child's parent-death pipe, which must not stay open in a forked sibling.
+        fds = [self.result_fd, *getattr(self._popen.finalizer, "_args", ())]
         if self._pidfd is not None:
             fds.append(self._pidfd)
         return fds
@@ -262,8 +291,19 @@ class LocalHandle:
         if self.returncode is not None:
             return self.returncode
         code: int | None
-        if self._popen.method == "forkserver":
+        if self._forkserver:
+            # The sentinel also reads EOF if the fork server died, while the child may still
+            # run: only the pidfd says the child is gone.
+            if self._pidfd is not None and not _readable(self._pidfd):
+                return None
+            if not _readable(self._popen.sentinel):
+                return None
             code = self._popen.poll()
+            if code == 255 and self._server_died():
+                logger.warning(
+                    "the fork server died before it could report the exit status of pid %d",
+                    self.pid,
+                )
         else:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -278,14 +318,30 @@ class LocalHandle:
                 code = os.waitstatus_to_exitcode(status)
             # Lets multiprocessing's own close() see the child as finished.
             self._popen.returncode = code
-        if code is not None:
-            self.returncode = code
+        self.returncode = code
+        return code
+
+    def _server_died(self) -> bool:
+        from multiprocessing import forkserver
+
+        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        return pid is None or not os.path.exists(f"/proc/{pid}")
+
+    async def wait(self) -> int:
+        if self._pidfd is not None:
+            await anyio.wait_readable(self._pidfd)
+        while (code := self.poll()) is None:
+            if self._forkserver or self._pidfd is None:
+                await anyio.wait_readable(self._popen.sentinel)
+            if self.poll() is None:
+                # Gone, but its status is not readable yet (pitfall 6): ask again shortly.
+                await anyio.sleep(_STATUS_RETRY)
         return code
 
     def signal(self, signum: int) -> None:
         if self.poll() is not None:
             return
-        # Each child leads its own process group (the bootstrap said so before start()
+        # Each child leads its own process group (the bootstrap did that before start()
         # returned), so this reaches its descendants too.
         try:
             os.killpg(self.pid, signum)
@@ -306,7 +362,7 @@ class LocalHandle:
             self._inner.close()
         else:
             # Never reaped (interpreter exit): still release multiprocessing's fds.
-            self._popen.finalizer()  # pragma: no cover - exit path
+            self._popen.close()
 
 
 def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
@@ -314,24 +370,27 @@ def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
     from . import _child
 
     method = context.get_start_method()
-    if method == "forkserver":
-        _configure_forkserver()
     stdio = None
     if method == "forkserver":
+        _configure_forkserver()
         # Forkserver children inherit the server's stdout/stderr, captured when the server
         # started; hand them the parent's current ones instead (pitfall 18).
         stdio = tuple(InheritedFd(fd) if _is_open(fd) else None for fd in (1, 2))
     payload = Payload(process)
     read_fd, write_fd = os.pipe()
     try:
-        inner = context.Process(  # type: ignore[attr-defined]
+        inner: Any = context.Process(  # type: ignore[attr-defined]
             target=_child.bootstrap,
             args=(payload, InheritedFd(write_fd), stdio),
             name=process.name,
             daemon=daemon,
         )
         try:
-            inner.start()
+            # multiprocessing's start() minus two steps: _cleanup(), which polls every child
+            # of the program with waitpid, and adding the child to the list it polls. aioproc
+            # reaps its own children; left in that list, any start() elsewhere in the program
+            # could take their exit status (pitfall 3).
+            inner._popen = inner._Popen(inner)
         except BaseException as exc:
             if payload.error is not None:
                 raise _pickling_error(process, method, payload.error) from exc
@@ -341,14 +400,13 @@ def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
                     f"{_hint(exc)}"
                 ) from exc
             raise
+        inner._sentinel = inner._popen.sentinel
+        inner._target, inner._args, inner._kwargs = None, (), {}  # no cycle through payload
     except BaseException:
         os.close(read_fd)
         raise
     finally:
         os.close(write_fd)
-    # aioproc reaps its own children. Left in multiprocessing's list, any other start() in the
-    # program would poll them with waitpid and could take their exit status (pitfall 3).
-    multiprocessing.process._children.discard(inner)  # type: ignore[attr-defined]
     return LocalHandle(inner, read_fd)
 
 
@@ -361,12 +419,10 @@ def _is_open(fd: int) -> bool:
 
 
 def _hint(exc: BaseException) -> str:
-    import errno
-
     if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
         return " (out of file descriptors: raise RLIMIT_NOFILE or run fewer children at once)"
     if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
         return " (out of processes or memory: run fewer children at once)"
-    if isinstance(exc, EOFError):
+    if isinstance(exc, (EOFError, ConnectionError)):
         return " (the fork server went away; the next start launches a new one)"
     return ""

@@ -28,7 +28,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import select
 import signal
 import time
 from types import TracebackType
@@ -240,7 +239,11 @@ class Process:
             )
         if not watcher.ready:
             raise SpawnError(
-                f"{self._label} {describe_exit(watcher.exitcode or 0)} before it could run"
+                f"{self._label} {describe_exit(watcher.exitcode or 0)} before it could run: "
+                "it failed while preparing, before loading its target (its stderr says why). "
+                "A common cause: the program starts processes at import time; under the "
+                "forkserver and spawn start methods each child imports the main module, so "
+                "its entry point must be under `if __name__ == '__main__':`"
             )
 
     async def wait(self) -> int:
@@ -273,6 +276,18 @@ class Process:
         self._stopping = True
         logger.debug("sending %s to %s", signum.name, self._label)
         watcher.handle.signal(signum)
+
+    def close(self) -> None:
+        """Release what the finished child held, as :meth:`multiprocessing.Process.close`.
+
+        aioproc releases a child's fds by itself as soon as it sees the exit, so this is only
+        needed for parity; it raises :class:`~aioproc.ProcessStateError` while the child runs.
+        """
+        watcher = self._require_started("close")
+        if watcher.poll() is None:
+            raise ProcessStateError(
+                f"cannot close {self._label} while it is running: await p.wait() (or stop()) first"
+            )
 
     async def stop(self, grace: float = DEFAULT_GRACE) -> int:
         """Terminate, wait up to ``grace`` seconds, then kill; return the exit code.
@@ -510,14 +525,15 @@ def _stop_children_at_exit() -> None:
         if not p.daemon:
             logger.warning("%s still running at interpreter exit: stopping it", p._label)
         p.terminate()
+    # No event loop runs any more: poll every few milliseconds.
     deadline = time.monotonic() + DEFAULT_GRACE
     while running and time.monotonic() < deadline:
-        fds = [p._watcher.handle.exit_fd for p in running if p._watcher is not None]
-        select.select(fds, [], [], max(0.0, min(0.05, deadline - time.monotonic())))
+        time.sleep(0.005)
         running = [p for p in running if p.is_alive()]
     for p in running:
+        logger.warning("%s ignored SIGTERM at interpreter exit; sending SIGKILL", p._label)
         p.kill()
-    for p in running:
-        assert p._watcher is not None
-        while p._watcher.poll() is None:
-            select.select([p._watcher.handle.exit_fd], [], [], 0.05)
+    deadline = time.monotonic() + DEFAULT_GRACE  # SIGKILL cannot be ignored; this is a bound
+    while running and time.monotonic() < deadline:
+        time.sleep(0.005)
+        running = [p for p in running if p.is_alive()]

@@ -1,11 +1,15 @@
 """Exit watching: one watcher per child feeds every waiter of that child.
 
-A child has two fds worth waiting on: its frame pipe (READY, then a value or an exception) and
-its exit fd. Only one task may wait on an fd at a time (pitfall 8), so the watcher's lock elects
-one task to do the waiting -- the first ``wait()``, ``result()``, ``start()`` or group watcher
-to ask -- while the others queue on the lock and find the answer already there. Cancelling
-the task that waits costs nothing: the watcher keeps what it has read, and the next task in
-line carries on. No thread is involved: this is ``anyio.wait_readable`` on two fds.
+A child has two things worth waiting on: its frame pipe (READY, then a value or an exception)
+and its exit. Only one task may wait on an fd at a time (pitfall 8), so the watcher's lock
+elects one task to do the waiting -- the first ``wait()``, ``result()``, ``start()`` or group
+watcher to ask -- while the others queue on the lock and find the answer already there.
+Cancelling the task that waits costs nothing: the watcher keeps what it has read, and the next
+task in line carries on. No thread is involved: this is ``anyio.wait_readable`` on fds.
+
+Once the child has exited, the watcher drains its pipe and releases its fds: at the end of a
+watch, or in ``poll()`` (``exitcode``, ``is_alive()``) when no task is watching, so a child that
+nobody awaits leaks nothing either.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from ._launcher import Handle
 from ._wire import FrameReader, Kind
 
 __all__ = ["Watcher"]
+
+#: Bytes read from the frame pipe per wake-up: a 500 MB result streams in slices, so the event
+#: loop runs other tasks between them.
+READ_BUDGET = 1 << 20
 
 
 class Watcher:
@@ -40,10 +48,13 @@ class Watcher:
         return self.exitcode is not None
 
     def poll(self) -> int | None:
-        """The exit code if the child has exited, without waiting or reading its frames."""
+        """The exit code if the child has exited, without waiting."""
         if self.exitcode is not None:
             return self.exitcode
-        return self.handle.poll()
+        code = self.handle.poll()
+        if code is not None and not self._lock.locked():
+            self._finish()  # no task waits on our fds: safe to drain and close them now
+        return code
 
     async def until(self, done: Callable[[], bool]) -> None:
         """Watch the child until ``done()`` (checked after every frame and at exit)."""
@@ -56,31 +67,30 @@ class Watcher:
     async def _watch(self, done: Callable[[], bool]) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._pump, done, tg.cancel_scope)
-            while self.handle.poll() is None:
-                await anyio.wait_readable(self.handle.exit_fd)
-                if self.handle.poll() is None:
-                    # A pidfd is readable a moment before waitpid() has the status.
-                    await anyio.sleep(0.0005)
-            # The child is gone, so everything it wrote is in the pipe: take it now, since
-            # a grandchild holding the pipe open may keep EOF from ever coming (pitfall 20).
-            self._read()
+            await self.handle.wait()
             tg.cancel_scope.cancel()
-        if self.handle.poll() is not None and self.exitcode is None:
-            # Every waiter on our fds is gone with the task group: safe to close them.
-            self.exitcode = self.handle.poll()
-            self.handle.close()
-            self._on_finish()
+        # Every wait on our fds ended with the task group: safe to close them.
+        if self.exitcode is None and self.handle.poll() is not None:
+            self._finish()
 
     async def _pump(self, done: Callable[[], bool], scope: anyio.CancelScope) -> None:
         while not self._reader.eof:
             await anyio.wait_readable(self.handle.result_fd)
-            self._read()
+            self._read(READ_BUDGET)
             if done():
                 scope.cancel()
                 return
 
-    def _read(self) -> None:
-        self._reader.read_available()
+    def _finish(self) -> None:
+        # The child is gone, so everything it wrote is in the pipe: read it all now, without
+        # waiting for EOF, which a grandchild holding the pipe may keep from coming (pitfall 20).
+        self._read(None)
+        self.exitcode = self.handle.poll()
+        self.handle.close()
+        self._on_finish()
+
+    def _read(self, budget: int | None) -> None:
+        self._reader.read_available(budget)
         for frame in self._reader.frames:
             kind = bytes(frame[:1])
             if kind == Kind.READY:

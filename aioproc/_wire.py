@@ -58,10 +58,11 @@ class FrameReader:
         self._body: bytearray | None = None
         self._filled = 0
 
-    def read_available(self) -> None:
-        """Read until the pipe is empty or at end of file; never blocks."""
+    def read_available(self, budget: int | None = None) -> None:
+        """Read until the pipe is empty, at end of file, or ``budget`` bytes; never blocks."""
+        left = budget if budget is not None else -1
         try:
-            while not self.eof:
+            while not self.eof and left != 0:
                 if self._body is None:
                     chunk = os.read(self.fd, _HEADER.size - len(self._head))
                     if not chunk:
@@ -76,12 +77,15 @@ class FrameReader:
                         self._body = bytearray(size)
                         self._filled = 0
                     continue
-                view = memoryview(self._body)[self._filled : self._filled + _CHUNK]
+                want = _CHUNK if left < 0 else min(_CHUNK, left)
+                view = memoryview(self._body)[self._filled : self._filled + want]
                 n = os.readv(self.fd, [view])
                 if n == 0:
                     self.eof = True
                     break
                 self._filled += n
+                if left > 0:
+                    left = max(0, left - n)
                 if self._filled == len(self._body):
                     self.frames.append(self._body)
                     self._body = None

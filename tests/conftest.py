@@ -1,4 +1,8 @@
-"""Every async test runs on asyncio, asyncio+uvloop and trio (anyio's pytest plugin)."""
+"""Every async test runs on asyncio, asyncio+uvloop and trio (anyio's pytest plugin).
+
+``AIOPROC_TEST_START_METHOD=spawn`` (or ``fork``) runs the suite with that start method as
+aioproc's default, for ``make matrix``; tests that pass ``context=`` keep theirs.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,21 @@ import uvloop
 
 # Children re-import test modules by path (spawn/forkserver): make `tests` importable.
 sys.path.insert(0, os.path.dirname(__file__))
+
+#: The start method the suite runs with (``make matrix``), or None for aioproc's default.
+START_METHOD = os.environ.get("AIOPROC_TEST_START_METHOD") or None
+
+
+@pytest.fixture(autouse=True, scope="session")
+def start_method() -> Iterator[str]:
+    """The default start method of this run (see the module docstring)."""
+    from aioproc import _launcher
+
+    default = _launcher.DEFAULT_METHOD
+    if START_METHOD is not None:
+        _launcher.DEFAULT_METHOD = START_METHOD
+    yield _launcher.DEFAULT_METHOD
+    _launcher.DEFAULT_METHOD = default
 
 
 @pytest.fixture(
