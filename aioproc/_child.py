@@ -1,9 +1,9 @@
 """The child side: everything a child does before and after running its target.
 
 ``bootstrap`` is the target of the multiprocessing process that carries an aioproc child. In
-order, it: takes the parent's stdout/stderr (forkserver), becomes the leader of its own
-process group, starts the parent-death watchdog, loads the Process object, reports READY,
-runs ``Process.run()`` and sends back its value or its exception. Every fd the child is
+order, it: takes the parent's stdout, stderr and environment (forkserver), becomes the leader
+of its own process group, starts the parent-death watchdog, loads the Process object, reports
+READY, runs ``Process.run()`` and sends back its value or its exception. Every fd the child is
 given is set up here, in one place.
 """
 
@@ -29,18 +29,24 @@ __all__ = ["bootstrap", "current"]
 current: Process | None = None
 
 
-def bootstrap(
-    payload: Payload,
-    result: InheritedFd,
-    stdio: tuple[InheritedFd | None, InheritedFd | None] | None,
-) -> None:
+#: What a forkserver child takes from its parent at start: stdout, stderr, the environment.
+Inherit = tuple["InheritedFd | None", "InheritedFd | None", dict[str, str]]
+
+
+def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) -> None:
     global current
     fd = result.fd
-    if stdio is not None:
+    if inherit is not None:
+        # A forkserver child is a fork of the server: it has the server's stdout, stderr and
+        # environment, from when the server started. Take the parent's current ones.
+        *stdio, environ = inherit
         for target, inherited in zip((1, 2), stdio, strict=True):
             if inherited is not None:
                 os.dup2(inherited.fd, target)
                 os.close(inherited.fd)
+        if os.environ != environ:
+            os.environ.clear()
+            os.environ.update(environ)
     # Lead a process group, so that terminate/kill/stop reach our descendants too. start()
     # returns only after READY, so the parent never signals a group that does not exist yet.
     os.setpgid(0, 0)

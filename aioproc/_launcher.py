@@ -18,7 +18,6 @@ import multiprocessing.process
 import os
 import pickle
 import select
-import sys
 import warnings
 from collections.abc import Iterator
 from multiprocessing import reduction
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
+from . import _child, _forkserver
 from ._errors import SpawnError
 
 if TYPE_CHECKING:
@@ -76,33 +76,6 @@ def resolve_context(context: str | Context | None, *, stacklevel: int) -> Contex
     if ctx.get_start_method() == "fork":
         warnings.warn(FORK_WARNING, RuntimeWarning, stacklevel=stacklevel + 1)
     return ctx
-
-
-# --- the fork server --------------------------------------------------------------------------
-
-_preload_done = False
-
-
-def _configure_forkserver() -> None:
-    """Preload, in the fork server, what every child would otherwise import again.
-
-    Each forkserver child re-imports ``__main__``; with anyio, attrs and trio imported there
-    that costs 90-160 ms per child, because the stdlib's own ``'__main__'`` preload is a no-op
-    (CPython gh-126631). Preloading the modules themselves makes the re-import nearly free.
-    Must run before the server starts; the user's own preload list is kept.
-    """
-    global _preload_done
-    if _preload_done:
-        return
-    _preload_done = True
-    from multiprocessing import forkserver
-
-    server: Any = forkserver._forkserver
-    if getattr(server, "_forkserver_pid", None) is not None:
-        return  # already running: too late to preload, and not ours to restart
-    wanted = ["aioproc"] + [m for m in ("trio", "uvloop") if m in sys.modules]
-    current: list[str] = list(getattr(server, "_preload_modules", ["__main__"]))
-    forkserver.set_forkserver_preload(current + [m for m in wanted if m not in current])
 
 
 # --- what crosses the boundary ----------------------------------------------------------------
@@ -367,21 +340,20 @@ class LocalHandle:
 
 def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
     """Start ``process`` in a new child (blocking; runs in a worker thread)."""
-    from . import _child
-
     method = context.get_start_method()
-    stdio = None
+    inherit: _child.Inherit | None = None
     if method == "forkserver":
-        _configure_forkserver()
-        # Forkserver children inherit the server's stdout/stderr, captured when the server
-        # started; hand them the parent's current ones instead (pitfall 18).
+        _forkserver.ensure_running()
+        # Forkserver children are forks of the server and inherit what it had when it
+        # started: hand them the parent's current stdout/stderr (pitfall 18) and environment.
         stdio = tuple(InheritedFd(fd) if _is_open(fd) else None for fd in (1, 2))
+        inherit = (stdio[0], stdio[1], dict(os.environ))
     payload = Payload(process)
     read_fd, write_fd = os.pipe()
     try:
         inner: Any = context.Process(  # type: ignore[attr-defined]
             target=_child.bootstrap,
-            args=(payload, InheritedFd(write_fd), stdio),
+            args=(payload, InheritedFd(write_fd), inherit),
             name=process.name,
             daemon=daemon,
         )

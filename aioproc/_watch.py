@@ -86,8 +86,11 @@ class Watcher:
         # waiting for EOF, which a grandchild holding the pipe may keep from coming (pitfall 20).
         self._read(None)
         self.exitcode = self.handle.poll()
-        self.handle.close()
+        # Forget the child before closing its fds: a fork start in a start thread copies the
+        # list of live children, and its child closes their fds (_child.py). A child listed
+        # with fds already closed here would close fd numbers reused by then -- its own pipe.
         self._on_finish()
+        self.handle.close()
 
     def _read(self, budget: int | None) -> None:
         self._reader.read_available(budget)

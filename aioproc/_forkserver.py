@@ -1,0 +1,140 @@
+"""The fork server: multiprocessing's own, started by aioproc so that its preload really works.
+
+Every forkserver child is a fork of one server process: what the server has imported, each
+child has for free; what it has not, each child imports again. The stdlib means to preload the
+parent's main module in the server, but on Python 3.11-3.13 that is a no-op (CPython
+gh-126631: the server is never told the main module's path) and the server ignores the parent's
+``sys.path``. So every child re-runs the main module and everything it imports -- 90-160 ms per
+child once ``__main__`` imports anyio and trio (pitfall 4).
+
+aioproc launches the stdlib's server itself, through :func:`serve`, which
+
+- takes the parent's ``sys.path``;
+- imports aioproc (and trio / uvloop when the parent uses them) and the modules of the user's
+  own :func:`multiprocessing.set_forkserver_preload` list;
+- imports the main module as ``__mp_main__``, as each child would, so that children skip it.
+  If that fails the server carries on without it: each child then imports the main module
+  itself, as without aioproc, and reports its own failure;
+- freezes the garbage collector's view of all that (:func:`gc.freeze`), so children do not
+  touch -- and copy -- the inherited objects when they collect;
+- then runs :func:`multiprocessing.forkserver.main`, which serves forks as usual.
+
+The stdlib keeps owning the server afterwards: connecting, passing fds, reaping, restarting it
+if it dies (a restarted server is the stdlib's own, slower but correct, until aioproc's next
+start finds it alive or dead). Python 3.14 reworked the server; there aioproc only sets the
+preload list.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import sys
+from multiprocessing import connection, forkserver, process, resource_tracker, spawn, util
+from typing import Any
+
+__all__ = ["ensure_running", "serve"]
+
+#: Modules every aioproc child needs, beyond what the parent asked for.
+_ALWAYS = ("aioproc", "runpy", "pkgutil")
+#: Modules preloaded when the parent has imported them (its children will import them too).
+_IF_IMPORTED = ("trio", "uvloop")
+
+_OWN_LAUNCH = sys.version_info < (3, 14)
+
+#: multiprocessing.util, for its private helpers (untyped).
+_util: Any = util
+
+
+def _preload_list(server: Any) -> list[str]:
+    asked: list[str] = list(getattr(server, "_preload_modules", ["__main__"]))
+    extra = [*_ALWAYS, *(m for m in _IF_IMPORTED if m in sys.modules)]
+    return asked + [m for m in extra if m not in asked]
+
+
+def ensure_running() -> None:
+    """Start the fork server unless it runs (blocking: call it from a worker thread)."""
+    server: Any = forkserver._forkserver
+    if not _OWN_LAUNCH:  # pragma: no cover - Python 3.14+
+        if getattr(server, "_forkserver_pid", None) is None:
+            forkserver.set_forkserver_preload(_preload_list(server))
+        return
+    with server._lock:
+        resource_tracker.ensure_running()
+        if server._forkserver_pid is not None:
+            # Ours to ask: the server is a child of this process (the stdlib does the same).
+            pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
+            if pid == 0:
+                return
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_address = None
+            server._forkserver_alive_fd = None
+            server._forkserver_pid = None
+        _launch(server)
+
+
+def _launch(server: Any) -> None:
+    """The stdlib's ForkServer.ensure_running(), with serve() as the server's entry point."""
+    preload = _preload_list(server)
+    data = spawn.get_preparation_data("ignore")
+    main: tuple[str, str] | None = None
+    if "__main__" in preload:
+        if "init_main_from_path" in data:
+            main = ("path", data["init_main_from_path"])
+        elif "init_main_from_name" in data:
+            main = ("name", data["init_main_from_name"])
+    preload = [m for m in preload if m != "__main__"]
+    with socket.socket(socket.AF_UNIX) as listener:
+        address = connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
+        listener.bind(address)
+        if not _util.is_abstract_socket_namespace(address):
+            os.chmod(address, 0o600)
+        listener.listen()
+        # Every client holds the write end of the "alive" pipe; the server exits at its EOF.
+        alive_r, alive_w = os.pipe()
+        try:
+            # sys.path first: aioproc itself may be importable only through the parent's.
+            cmd = (
+                f"import sys; sys.path[:] = {sys.path!r}; "
+                "from aioproc._forkserver import serve; "
+                f"serve({listener.fileno()}, {alive_r}, {preload!r}, {main!r})"
+            )
+            exe = spawn.get_executable()
+            args = [exe, *_util._args_from_interpreter_flags(), "-c", cmd]
+            pid = _util.spawnv_passfds(exe, args, [listener.fileno(), alive_r])
+        except BaseException:
+            os.close(alive_w)
+            raise
+        finally:
+            os.close(alive_r)
+        server._forkserver_address = address
+        server._forkserver_alive_fd = alive_w
+        server._forkserver_pid = pid
+
+
+def serve(listener_fd: int, alive_r: int, preload: list[str], main: tuple[str, str] | None) -> None:
+    """The fork server's entry point (runs in the server process)."""
+    for name in preload:
+        try:
+            __import__(name)
+        except ImportError:
+            pass  # as the stdlib: a module the server cannot import, each child imports
+    if main is not None:
+        kind, where = main
+        current: Any = process.current_process()
+        # As while a child imports it: a main module that starts processes at import time,
+        # outside `if __name__ == "__main__":`, fails here instead of forking from the server.
+        current._inheriting = True
+        try:
+            if kind == "path":
+                spawn.import_main_path(where)
+            else:
+                spawn._fixup_main_from_name(where)  # type: ignore[attr-defined]
+        except BaseException:  # noqa: BLE001 - whatever it is, each child will report it
+            pass
+        finally:
+            del current._inheriting
+    gc.collect()
+    gc.freeze()
+    forkserver.main(listener_fd, alive_r, [])
