@@ -102,7 +102,11 @@ def _exception_record(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     name = cls.__qualname__
     if cls.__module__ != "builtins":
         name = f"{cls.__module__}.{name}"
-    return data, name, str(exc), tb
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the whole failure
+        message = "<exception str() failed>"
+    return data, name, message, tb
 
 
 def _start_watchdog() -> None:

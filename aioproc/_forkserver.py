@@ -34,7 +34,9 @@ import sys
 from multiprocessing import connection, forkserver, process, resource_tracker, spawn, util
 from typing import Any
 
-__all__ = ["ensure_running", "serve"]
+import anyio
+
+__all__ = ["ASYNC_CLIENT", "connect", "ensure_running", "is_running", "serve"]
 
 #: Modules every aioproc child needs, beyond what the parent asked for.
 _ALWAYS = ("aioproc", "runpy", "pkgutil")
@@ -53,6 +55,11 @@ def _preload_list(server: Any) -> list[str]:
     return asked + [m for m in extra if m not in asked]
 
 
+#: Whether aioproc speaks the server's protocol itself, from the event loop (the protocol of
+#: Python 3.11-3.13), instead of calling multiprocessing's blocking client in a thread.
+ASYNC_CLIENT = _OWN_LAUNCH
+
+
 def ensure_running() -> None:
     """Start the fork server unless it runs (blocking: call it from a worker thread)."""
     server: Any = forkserver._forkserver
@@ -62,16 +69,83 @@ def ensure_running() -> None:
         return
     with server._lock:
         resource_tracker.ensure_running()
-        if server._forkserver_pid is not None:
-            # Ours to ask: the server is a child of this process (the stdlib does the same).
-            pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
-            if pid == 0:
-                return
-            os.close(server._forkserver_alive_fd)
-            server._forkserver_address = None
-            server._forkserver_alive_fd = None
-            server._forkserver_pid = None
-        _launch(server)
+        if not _alive(server):
+            _launch(server)
+
+
+def is_running() -> bool:
+    """Whether the server and the resource tracker its children use both run; never blocks.
+
+    False also when another thread is busy with either: the caller then takes the blocking
+    path (:func:`ensure_running`), which waits for it.
+    """
+    server: Any = forkserver._forkserver
+    tracker: Any = resource_tracker._resource_tracker
+    if not server._lock.acquire(blocking=False):
+        return False
+    try:
+        if not _alive(server):
+            return False
+    finally:
+        server._lock.release()
+    if not tracker._lock.acquire(blocking=False):
+        return False
+    try:
+        return tracker._fd is not None and bool(tracker._check_alive())
+    finally:
+        tracker._lock.release()
+
+
+def _alive(server: Any) -> bool:
+    """Whether the server process lives; forgets a dead one. Call with ``server._lock`` held."""
+    if server._forkserver_pid is None:
+        return False
+    try:
+        # Ours to ask: the server is a child of this process (the stdlib does the same).
+        pid, _ = os.waitpid(server._forkserver_pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by someone else: gone all the same
+        pid = server._forkserver_pid
+    if pid == 0:
+        return True
+    os.close(server._forkserver_alive_fd)
+    server._forkserver_address = None
+    server._forkserver_alive_fd = None
+    server._forkserver_pid = None
+    return False
+
+
+async def connect(fds: list[int]) -> tuple[int, int]:
+    """Ask the server for a new child: ``ForkServer.connect_to_new_process()``, awaited.
+
+    Returns ``(status_r, data_w)``: the child's pid and then its exit status arrive on the
+    first; its preparation data and process object go down the second.
+    """
+    server: Any = forkserver._forkserver
+    tracker: Any = resource_tracker._resource_tracker
+    address, alive_fd, tracker_fd = (
+        server._forkserver_address,
+        server._forkserver_alive_fd,
+        tracker._fd,
+    )
+    if address is None or alive_fd is None or tracker_fd is None:
+        raise ConnectionError("the fork server is not running")
+    if len(fds) + 4 >= forkserver.MAXFDS_TO_SEND:
+        raise ValueError(f"too many fds to pass to a forkserver child ({len(fds)})")
+    async with await anyio.connect_unix(address) as stream:
+        parent_r, child_w = os.pipe()
+        child_r, parent_w = os.pipe()
+        try:
+            allfds = [child_r, child_w, alive_fd, tracker_fd, *fds]
+            # multiprocessing.reduction.sendfds(): the count, modulo 256, as the message.
+            await stream.send_fds(bytes([len(allfds) % 256]), allfds)
+        except BaseException:
+            os.close(parent_r)
+            os.close(parent_w)
+            raise
+        finally:
+            os.close(child_r)
+            os.close(child_w)
+    return parent_r, parent_w
 
 
 def _launch(server: Any) -> None:

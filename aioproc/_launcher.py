@@ -10,7 +10,9 @@ launcher (a cluster) can sit beside it by producing the same handle.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import logging
 import multiprocessing
 import multiprocessing.context
@@ -18,12 +20,17 @@ import multiprocessing.process
 import os
 import pickle
 import select
+import struct
+import threading
 import warnings
 from collections.abc import Iterator
-from multiprocessing import reduction
+from multiprocessing import context as context_module
+from multiprocessing import popen_forkserver, reduction, spawn, util
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 
 from . import _child, _forkserver
 from ._errors import SpawnError
@@ -338,40 +345,87 @@ class LocalHandle:
             self._popen.close()
 
 
-def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
-    """Start ``process`` in a new child (blocking; runs in a worker thread)."""
+#: Serialises fork starts. A fork child copies every fd of its parent, the pipes of a sibling
+#: that the other start thread is starting at that moment included: two children holding each
+#: other's parent-death pipe kept each other's watchdog from seeing EOF and both outlived a
+#: SIGKILLed parent. In sequence a child can hold only pipes of siblings started before it, so
+#: the newest one dies first and the others follow (no cycle).
+_FORK_LOCK = threading.Lock()
+
+#: Threads that may run blocking starts (spawn, fork) at once. One or two keep event-loop lag
+#: low even in a storm of starts (pitfall 5); more only add GIL contention. Not anyio's default
+#: limiter, which web frameworks share with their sync endpoints.
+START_THREADS = 2
+#: Forkserver starts in flight at once. They run on the event loop; the server forks one child
+#: at a time, so a few in flight keep it busy and more would only queue in its socket backlog.
+START_IN_FLIGHT = 4
+
+_thread_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
+    "aioproc_thread_limiter"
+)
+_flight_limiter: anyio.lowlevel.RunVar[anyio.Semaphore] = anyio.lowlevel.RunVar(
+    "aioproc_flight_limiter"
+)
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    try:
+        return _thread_limiter.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(START_THREADS)
+        _thread_limiter.set(limiter)
+        return limiter
+
+
+def _in_flight() -> anyio.Semaphore:
+    try:
+        return _flight_limiter.get()
+    except LookupError:
+        semaphore = anyio.Semaphore(START_IN_FLIGHT)
+        _flight_limiter.set(semaphore)
+        return semaphore
+
+
+async def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
+    """Start ``process`` in a new child; return once the child exists.
+
+    Forkserver starts talk to the fork server from the event loop, without threads. Spawn and
+    fork starts block (fork() itself, or spawning an interpreter) and run in one of aioproc's
+    start threads. Either way a start that has begun is finished even if the caller is
+    cancelled, so that no child is left unaccounted for: the caller then kills it.
+    """
+    method = context.get_start_method()
+    if method == "forkserver" and _forkserver.ASYNC_CLIENT:
+        if not _forkserver.is_running():
+            # Starting the server spawns an interpreter and waits for it: off the loop.
+            await anyio.to_thread.run_sync(_forkserver.ensure_running, limiter=_limiter())
+        async with _in_flight():
+            with anyio.CancelScope(shield=True):
+                return await _launch_forkserver(context, process, daemon)
+    return await anyio.to_thread.run_sync(
+        _launch_blocking, context, process, daemon, limiter=_limiter()
+    )
+
+
+def _launch_blocking(context: Context, process: Process, daemon: bool) -> LocalHandle:
     method = context.get_start_method()
     inherit: _child.Inherit | None = None
     if method == "forkserver":
         _forkserver.ensure_running()
-        # Forkserver children are forks of the server and inherit what it had when it
-        # started: hand them the parent's current stdout/stderr (pitfall 18) and environment.
-        stdio = tuple(InheritedFd(fd) if _is_open(fd) else None for fd in (1, 2))
-        inherit = (stdio[0], stdio[1], dict(os.environ))
+        inherit = _inherit()
     payload = Payload(process)
     read_fd, write_fd = os.pipe()
     try:
-        inner: Any = context.Process(  # type: ignore[attr-defined]
-            target=_child.bootstrap,
-            args=(payload, InheritedFd(write_fd), inherit),
-            name=process.name,
-            daemon=daemon,
-        )
-        try:
-            # multiprocessing's start() minus two steps: _cleanup(), which polls every child
-            # of the program with waitpid, and adding the child to the list it polls. aioproc
-            # reaps its own children; left in that list, any start() elsewhere in the program
-            # could take their exit status (pitfall 3).
-            inner._popen = inner._Popen(inner)
-        except BaseException as exc:
-            if payload.error is not None:
-                raise _pickling_error(process, method, payload.error) from exc
-            if isinstance(exc, (OSError, EOFError)):
-                raise SpawnError(
-                    f"could not start {process.name!r} ({method}): {type(exc).__name__}: {exc}"
-                    f"{_hint(exc)}"
-                ) from exc
-            raise
+        inner = _inner_process(context, process, daemon, payload, write_fd, inherit)
+        with _FORK_LOCK if method == "fork" else contextlib.nullcontext():
+            try:
+                # multiprocessing's start() minus two steps: _cleanup(), which polls every
+                # child of the program with waitpid, and adding the child to the list it
+                # polls. aioproc reaps its own children; left in that list, any start()
+                # elsewhere in the program could take their exit status (pitfall 3).
+                inner._popen = inner._Popen(inner)
+            except BaseException as exc:
+                raise _start_error(process, method, payload, exc) from exc
         inner._sentinel = inner._popen.sentinel
         inner._target, inner._args, inner._kwargs = None, (), {}  # no cycle through payload
     except BaseException:
@@ -380,6 +434,116 @@ def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
     finally:
         os.close(write_fd)
     return LocalHandle(inner, read_fd)
+
+
+async def _launch_forkserver(context: Context, process: Process, daemon: bool) -> LocalHandle:
+    """multiprocessing's forkserver start, with its blocking steps awaited on the loop."""
+    payload = Payload(process)
+    read_fd, write_fd = os.pipe()
+    try:
+        inner = _inner_process(context, process, daemon, payload, write_fd, _inherit())
+        popen: Any = popen_forkserver.Popen.__new__(popen_forkserver.Popen)
+        popen.returncode, popen.finalizer, popen._fds = None, None, []
+        try:
+            # What Popen._launch() pickles, with this Popen as the spawning one, so that fds
+            # in the arguments (our pipe, Queues, Connections) are registered for passing.
+            buf = io.BytesIO()
+            context_module.set_spawning_popen(popen)
+            try:
+                reduction.dump(spawn.get_preparation_data(inner._name), buf)
+                reduction.dump(inner, buf)
+            finally:
+                context_module.set_spawning_popen(None)
+            with anyio.fail_after(_SERVER_TIMEOUT):
+                status_r, data_w = await _forkserver.connect(popen._fds)
+                # The write end of the data pipe stays open in the parent until the child is
+                # closed: the child's parent-death sentinel is its read end.
+                popen.sentinel = status_r
+                popen.finalizer = _util.Finalize(popen, _util.close_fds, (data_w, status_r))
+                await _write_all(data_w, buf.getbuffer())
+                popen.pid = await _read_pid(status_r)
+        except BaseException as exc:
+            if popen.finalizer is not None:
+                popen.finalizer()
+            raise _start_error(process, "forkserver", payload, exc) from exc
+        inner._popen = popen
+        inner._sentinel = popen.sentinel
+        inner._target, inner._args, inner._kwargs = None, (), {}  # no cycle through payload
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return LocalHandle(inner, read_fd)
+
+
+#: multiprocessing.util, for its private helpers (untyped).
+_util: Any = util
+
+#: Seconds a running fork server may take to answer a start before it counts as broken.
+_SERVER_TIMEOUT = 30.0
+
+
+async def _write_all(fd: int, data: memoryview) -> None:
+    os.set_blocking(fd, False)
+    while data:
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+
+
+async def _read_pid(fd: int) -> int:
+    os.set_blocking(fd, False)
+    data = b""
+    while len(data) < _SIGNED.size:
+        await anyio.wait_readable(fd)
+        chunk = os.read(fd, _SIGNED.size - len(data))
+        if not chunk:
+            raise EOFError("the fork server closed the connection before sending a pid")
+        data += chunk
+    pid: int = _SIGNED.unpack(data)[0]
+    return pid
+
+
+_SIGNED = struct.Struct("q")  # as multiprocessing.forkserver.SIGNED_STRUCT
+
+
+def _inherit() -> _child.Inherit:
+    # Forkserver children are forks of the server and inherit what it had when it started:
+    # hand them the parent's current stdout/stderr (pitfall 18) and environment.
+    out, err = (InheritedFd(fd) if _is_open(fd) else None for fd in (1, 2))
+    return (out, err, dict(os.environ))
+
+
+def _inner_process(
+    context: Context,
+    process: Process,
+    daemon: bool,
+    payload: Payload,
+    write_fd: int,
+    inherit: _child.Inherit | None,
+) -> Any:
+    """The multiprocessing process that carries ``process``: its target is our bootstrap."""
+    return context.Process(  # type: ignore[attr-defined]
+        target=_child.bootstrap,
+        args=(payload, InheritedFd(write_fd), inherit),
+        name=process.name,
+        daemon=daemon,
+    )
+
+
+def _start_error(
+    process: Process, method: str, payload: Payload, exc: BaseException
+) -> BaseException:
+    """The error a failed start raises: a SpawnError that says why, where we can tell."""
+    if payload.error is not None:
+        return _pickling_error(process, method, payload.error)
+    if isinstance(exc, (OSError, EOFError, TimeoutError)):
+        return SpawnError(
+            f"could not start {process.name!r} ({method}): {type(exc).__name__}: {exc}{_hint(exc)}"
+        )
+    return exc
 
 
 def _is_open(fd: int) -> bool:
@@ -397,4 +561,6 @@ def _hint(exc: BaseException) -> str:
         return " (out of processes or memory: run fewer children at once)"
     if isinstance(exc, (EOFError, ConnectionError)):
         return " (the fork server went away; the next start launches a new one)"
+    if isinstance(exc, TimeoutError):
+        return f" (the fork server did not answer within {_SERVER_TIMEOUT:.0f} s)"
     return ""

@@ -34,8 +34,6 @@ from types import TracebackType
 from typing import Any
 
 import anyio
-import anyio.lowlevel
-import anyio.to_thread
 
 from . import _child
 from ._errors import (
@@ -64,28 +62,11 @@ logger = logging.getLogger("aioproc.process")
 #: Seconds between SIGTERM and SIGKILL when aioproc stops a child.
 DEFAULT_GRACE = 5.0
 
-#: Threads that may start children at once. One or two keep event-loop lag low even in a storm
-#: of starts (pitfall 5); more only add GIL contention. Not anyio's default limiter, which web
-#: frameworks share with their sync endpoints.
-START_THREADS = 2
-_start_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
-    "aioproc_start_limiter"
-)
-
 _counter = itertools.count(1)
 #: Children started and not yet finished, for active_children() and interpreter exit.
 _live: set[Process] = set()
 #: Facades of processes that aioproc did not start (the main process), by pid.
 _foreign: dict[int, Process] = {}
-
-
-def _limiter() -> anyio.CapacityLimiter:
-    try:
-        return _start_limiter.get()
-    except LookupError:
-        limiter = anyio.CapacityLimiter(START_THREADS)
-        _start_limiter.set(limiter)
-        return limiter
 
 
 class Process:
@@ -213,9 +194,7 @@ class Process:
         context = self._context or default or default_context()
         self._starting = True
         try:
-            handle = await anyio.to_thread.run_sync(
-                launch, context, self, self._daemon, limiter=_limiter()
-            )
+            handle = await launch(context, self, self._daemon)
             self._pid = handle.pid
             watcher = self._watcher = Watcher(handle, functools.partial(_live.discard, self))
             _live.add(self)
