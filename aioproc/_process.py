@@ -2,27 +2,27 @@
 
 ::
 
-    parent (event loop)                                    child
-    ───────────────────                                    ─────
+    parent (event loop)                                      child
+    ───────────────────                                      ─────
     await p.start()
-      └─ worker thread ── launch() ─ pickles Process ──▶  bootstrap()        (_child.py)
-         (aioproc's own                                     setpgid, watchdog,
-          2-token limiter)                                  load Process
-      ◀── READY ──────────── frame pipe ─────────────────   READY
-    await p.wait() / result() / group watcher               p.run() -> value | exception
-      └─ Watcher (_watch.py): one task reads ◀── frames ──  VALUE / RAISED / UNPICKLABLE
-         the frame pipe and waits on the exit fd ◀── exit ── exit(code)
-    p.terminate() / kill() ── killpg(pid, sig) ──────────▶  the child's process group
+      └─ launch() (_launcher.py) pickles the Process
+           forkserver: on the loop ── fds + data ──▶ fork server ── fork ──▶ bootstrap()
+           spawn, fork: in one of 2 start threads ───────────────────────▶  (_child.py):
+                                                                            setpgid, watchdog,
+      ◀── READY ──────────────────── frame pipe ───────────────────────── load Process, READY
+    await p.wait() / result() / group watcher                               p.run()
+      └─ Watcher (_watch.py): one task reads  ◀── frames ──────────────── VALUE / RAISED /
+         the frame pipe and awaits the exit   ◀── pidfd / status ──────── exit(code)
+    p.terminate() / kill() ── killpg(pid, sig) ──────────────────────────▶ the child's
+                                                                            process group
 
-Starting is the only blocking step and runs in a worker thread; a start that has begun is
-never abandoned: if the caller is cancelled, the child is killed and reaped before the
-cancellation goes on. Everything else happens on the event loop, waiting on fds.
+Nothing here blocks the event loop. A start that has begun is never abandoned: if the caller
+is cancelled, the child is killed and reaped before the cancellation goes on.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
 import itertools
 import logging
 import multiprocessing
@@ -196,7 +196,7 @@ class Process:
         try:
             handle = await launch(context, self, self._daemon)
             self._pid = handle.pid
-            watcher = self._watcher = Watcher(handle, functools.partial(_live.discard, self))
+            watcher = self._watcher = Watcher(handle, self._finished)
             _live.add(self)
             logger.debug("started %s", self._label)
             try:
@@ -412,6 +412,12 @@ class Process:
 
     # --- plumbing ---------------------------------------------------------------------------
 
+    def _finished(self) -> None:
+        """The watcher saw the exit and released the child's fds."""
+        _live.discard(self)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s %s", self._label, describe_exit(self.exitcode or 0))
+
     @property
     def _started(self) -> bool:
         return self._watcher is not None
@@ -490,21 +496,30 @@ def forget_parent_children() -> None:
 
 
 @atexit.register
-def _stop_children_at_exit() -> None:
-    """At interpreter exit no aioproc child is left running.
+def _finish_children_at_exit() -> None:
+    """At interpreter exit, as when leaving a group: wait for non-daemonic children, then stop
+    the daemonic ones.
 
-    multiprocessing would join non-daemonic children here; aioproc's children die with their
-    parent anyway (the watchdog), so they get a graceful stop instead: SIGTERM, up to
-    DEFAULT_GRACE seconds, SIGKILL.
+    multiprocessing does the same, but its stop of a daemonic child never escalates, so a
+    child that ignores SIGTERM hangs the exit (pitfall 12); here it is SIGTERM, up to
+    DEFAULT_GRACE seconds, then SIGKILL. An interrupt (Ctrl-C) while waiting stops every
+    child instead. No event loop runs any more, so this polls every few milliseconds.
     """
     running = [p for p in list(_live) if p.is_alive()]
     if not running:
         return
+    try:
+        waiting = [p for p in running if not p.daemon]
+        if waiting:
+            logger.debug("waiting for %d non-daemonic children at exit", len(waiting))
+        while waiting:
+            time.sleep(0.005)
+            waiting = [p for p in waiting if p.is_alive()]
+    except KeyboardInterrupt:
+        logger.warning("interrupted while waiting for children at exit: stopping them")
+    running = [p for p in running if p.is_alive()]
     for p in running:
-        if not p.daemon:
-            logger.warning("%s still running at interpreter exit: stopping it", p._label)
         p.terminate()
-    # No event loop runs any more: poll every few milliseconds.
     deadline = time.monotonic() + DEFAULT_GRACE
     while running and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -48,12 +48,20 @@ class Watcher:
         return self.exitcode is not None
 
     def poll(self) -> int | None:
-        """The exit code if the child has exited, without waiting."""
+        """The exit code if the child has exited, without waiting.
+
+        With no task watching, this also reads what the child has written so far -- a child
+        writing a big result can only finish once it is read -- and, once the child has
+        exited, finishes the watch: nobody waits on our fds, so they can be closed now.
+        """
         if self.exitcode is not None:
             return self.exitcode
+        idle = not self._lock.locked()
+        if idle:
+            self._read(READ_BUDGET)
         code = self.handle.poll()
-        if code is not None and not self._lock.locked():
-            self._finish()  # no task waits on our fds: safe to drain and close them now
+        if code is not None and idle:
+            self._finish()
         return code
 
     async def until(self, done: Callable[[], bool]) -> None:
