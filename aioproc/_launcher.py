@@ -25,7 +25,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from multiprocessing import context as context_module
-from multiprocessing import popen_forkserver, reduction, spawn, util
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -241,11 +241,17 @@ _STATUS_RETRY = 0.0005
 class LocalHandle:
     """A child started by :mod:`multiprocessing`, with aioproc owning its reaping.
 
-    Exit is watched on a pidfd where the kernel has them: it fires when the child is gone,
-    whoever holds its sentinel pipe (pitfall 7), and waitpid() has the status by then (pitfall
-    6). The status itself comes from waitpid() for fork and spawn children, and from the fork
-    server, which reaps its children and writes their status to the sentinel, for forkserver
-    children.
+    Three fds per child: the frame pipe, one fd for the exit, and multiprocessing's
+    parent-death pipe (the child's watchdog waits on its other end).
+
+    - fork, spawn: the exit is watched on a pidfd, which fires when the child is gone,
+      whoever holds its sentinel pipe (pitfall 7), and waitpid() has the status by then
+      (pitfall 6). The sentinel itself is closed at once. Without pidfds (not Linux), the
+      sentinel it is.
+    - forkserver: the fork server reaps the child and writes its status to the status pipe,
+      which only the server holds. If the server dies first (killed from outside), the pipe
+      reads EOF while the child may still run: from then on a pidfd watches the child, and
+      its status, which went with the server, is reported as 255, as multiprocessing does.
     """
 
     def __init__(self, inner: multiprocessing.process.BaseProcess, result_fd: int) -> None:
@@ -256,12 +262,25 @@ class LocalHandle:
         self.pid: int = popen.pid
         self.result_fd = result_fd
         self.returncode: int | None = None
-        self._pidfd = _pidfd_open(self.pid)
+        self._pidfd: int | None = None
         self._closed = False
+        if not self._forkserver:
+            self._pidfd = _pidfd_open(self.pid)
+            if self._pidfd is not None:
+                self._drop_sentinel()
+
+    def _drop_sentinel(self) -> None:
+        """Close multiprocessing's sentinel (the pidfd replaces it); keep the rest."""
+        popen = self._popen
+        kept = tuple(fd for fd in getattr(popen.finalizer, "_args", ()) if fd != popen.sentinel)
+        popen.finalizer.cancel()
+        popen.finalizer = _util.Finalize(popen, _util.close_fds, kept)
+        os.close(popen.sentinel)
+        popen.sentinel = None
 
     def fds(self) -> list[int]:
-        # multiprocessing's own: the sentinel and, for fork and forkserver, the write end of
-        # the child's parent-death pipe, which must not stay open in a forked sibling.
+        # multiprocessing's own (the sentinel, if kept, and the write end of the child's
+        # parent-death pipe), which must not stay open in a forked sibling.
         fds = [self.result_fd, *getattr(self._popen.finalizer, "_args", ())]
         if self._pidfd is not None:
             fds.append(self._pidfd)
@@ -272,18 +291,7 @@ class LocalHandle:
             return self.returncode
         code: int | None
         if self._forkserver:
-            # The sentinel also reads EOF if the fork server died, while the child may still
-            # run: only the pidfd says the child is gone.
-            if self._pidfd is not None and not _readable(self._pidfd):
-                return None
-            if not _readable(self._popen.sentinel):
-                return None
-            code = self._popen.poll()
-            if code == 255 and self._server_died():
-                logger.warning(
-                    "the fork server died before it could report the exit status of pid %d",
-                    self.pid,
-                )
+            code = self._poll_server()
         else:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -296,24 +304,35 @@ class LocalHandle:
                 if pid == 0:
                     return None
                 code = os.waitstatus_to_exitcode(status)
-            # Lets multiprocessing's own close() see the child as finished.
-            self._popen.returncode = code
-        self.returncode = code
+        if code is not None:
+            self.returncode = code
+            self._popen.returncode = code  # lets multiprocessing's close() see it finished
         return code
 
-    def _server_died(self) -> bool:
-        from multiprocessing import forkserver
+    def _poll_server(self) -> int | None:
+        if self._pidfd is not None:  # orphaned: the server died before the child
+            return _ORPHAN_STATUS if _readable(self._pidfd) else None
+        if not _readable(self._popen.sentinel):
+            return None
+        try:
+            code: int = forkserver.read_signed(self._popen.sentinel)
+            return code
+        except (OSError, EOFError):
+            pass
+        logger.warning("the fork server died before pid %d: its exit status will be lost", self.pid)
+        self._pidfd = _pidfd_open(self.pid)
+        if self._pidfd is None or _readable(self._pidfd):
+            return _ORPHAN_STATUS  # already gone
+        return None
 
-        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
-        return pid is None or not os.path.exists(f"/proc/{pid}")
+    def _exit_fd(self) -> int:
+        return self._pidfd if self._pidfd is not None else int(self._popen.sentinel)
 
     async def wait(self) -> int:
-        if self._pidfd is not None:
-            await anyio.wait_readable(self._pidfd)
         while (code := self.poll()) is None:
-            if self._forkserver or self._pidfd is None:
-                await anyio.wait_readable(self._popen.sentinel)
-            if self.poll() is None:
+            fd = self._exit_fd()
+            await anyio.wait_readable(fd)
+            if self.poll() is None and fd == self._exit_fd():
                 # Gone, but its status is not readable yet (pitfall 6): ask again shortly.
                 await anyio.sleep(_STATUS_RETRY)
         return code
@@ -343,6 +362,10 @@ class LocalHandle:
         else:
             # Never reaped (interpreter exit): still release multiprocessing's fds.
             self._popen.close()
+
+
+#: The exit code reported when the fork server died before it could report the real one.
+_ORPHAN_STATUS = 255
 
 
 #: Serialises fork starts. A fork child copies every fd of its parent, the pipes of a sibling
