@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ._wire import Kind, write_frame
 
 if TYPE_CHECKING:
+    from ._errors import ExceptionRecord
     from ._launcher import InheritedFd, Payload
     from ._process import Process
 
@@ -81,8 +82,8 @@ def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) ->
     write_frame(fd, Kind.VALUE, body)
 
 
-def _exception_record(exc: BaseException) -> tuple[bytes | None, str, str, str]:
-    """(pickled exception or None, type name, message, formatted traceback)."""
+def _exception_record(exc: BaseException) -> ExceptionRecord:
+    """(pickled exception or None, type name, message, formatted traceback, why no pickle)."""
     frames = exc.__traceback__
     # Start the traceback at the user's code, not at this bootstrap.
     while frames is not None and frames.tb_frame.f_globals.get("__name__", "").startswith(
@@ -90,14 +91,20 @@ def _exception_record(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     ):
         frames = frames.tb_next
     tb = "".join(traceback.format_exception(type(exc), exc, frames))
-    data: bytes | None
+    data: bytes | None = None
+    why: str | None = None
     try:
         data = pickle.dumps(exc)
+    except Exception as error:  # noqa: BLE001 - any failure means "send the text instead"
+        why = f"it could not be pickled ({type(error).__name__}: {error})"
+    else:
         # Round-trip here: an exception that pickles but cannot be rebuilt (a custom
         # __init__ with required arguments) would otherwise fail in the parent (pitfall 15).
-        pickle.loads(data)
-    except Exception:  # noqa: BLE001 - any failure means "send the text instead"
-        data = None
+        try:
+            pickle.loads(data)
+        except Exception as error:  # noqa: BLE001 - as above
+            data = None
+            why = f"it could not be rebuilt from its pickle ({type(error).__name__}: {error})"
     cls = type(exc)
     name = cls.__qualname__
     if cls.__module__ != "builtins":
@@ -106,7 +113,7 @@ def _exception_record(exc: BaseException) -> tuple[bytes | None, str, str, str]:
         message = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the whole failure
         message = "<exception str() failed>"
-    return data, name, message, tb
+    return data, name, message, tb, why
 
 
 def _start_watchdog() -> None:

@@ -125,14 +125,13 @@ def describe_exit(exitcode: int) -> str:
     return f"exited with code {exitcode}"
 
 
+#: How a child's exception travels (``_child.py``): its pickle (None if it has none that
+#: works), type name, message, formatted traceback, and why there is no pickle.
+ExceptionRecord = tuple[bytes | None, str, str, str, str | None]
+
+
 def rebuild_exception(
-    data: bytes | None,
-    type_name: str,
-    message: str,
-    tb: str,
-    *,
-    process: Process,
-    exitcode: int | None,
+    record: ExceptionRecord, *, process: Process, exitcode: int | None
 ) -> BaseException:
     """The child's exception as the parent re-raises it.
 
@@ -140,31 +139,26 @@ def rebuild_exception(
     other ``BaseException`` from a child re-raised in the parent would look like the parent's
     own interrupt, so it becomes a :class:`ProcessFailed` naming it instead.
     """
+    data, type_name, message, tb, why = record
     label = process_label(process)
     exc: object = None
     if data is not None:
         try:
             exc = pickle.loads(data)
-        except Exception:  # noqa: BLE001 - any unpickling failure means "use the text"
-            exc = None
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means "use the text"
+            why = f"it could not be unpickled in the parent ({type(error).__name__}: {error})"
     if isinstance(exc, Exception):
         exc.__cause__ = RemoteTraceback(tb)
         exc.add_note(f"raised in child {label}")
         return exc
-    why = (
-        "it could not be pickled"
-        if data is None
-        else "it is not an Exception"
-        if exc is not None
-        else "it could not be unpickled in the parent"
-    )
-    failed = ProcessFailed(
+    if exc is not None:
+        why = "it is not an Exception, so it is not re-raised as itself"
+    return ProcessFailed(
         f"{label} raised {type_name}: {message} ({why}; the child's traceback follows)\n{tb}",
         process=process,
         exitcode=exitcode,
         remote_traceback=tb,
     )
-    return failed
 
 
 def process_label(process: Process) -> str:

@@ -115,7 +115,12 @@ class ProcessGroup:
                 self._slots.release()
             raise
         self._processes.append(process)
-        tg.start_soon(self._watch, process, check, name=f"aioproc watcher {process.name}")
+        scope = anyio.CancelScope()
+        if process.daemon:
+            # Registered now, not when the watcher first runs: a block that ends right after
+            # this spawn (no checkpoint in between) must still find the daemon to stop.
+            self._daemon_scopes[process] = scope
+        tg.start_soon(self._watch, process, check, scope, name=f"aioproc watcher {process.name}")
         return process
 
     def events(self, *, follow: bool = False) -> EventStream:
@@ -141,7 +146,8 @@ class ProcessGroup:
         self._entered = True
         if self._max_running is not None:
             self._slots = anyio.Semaphore(self._max_running)
-        self._changed = anyio.Event()
+        # Wake (not replace) the event: a follower may already wait on it, from before entry.
+        self._notify()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -175,18 +181,20 @@ class ProcessGroup:
         while any(not p.daemon and not _exited(p) for p in self._processes):
             await self._changed.wait()
 
-    async def _watch(self, process: Process, check: bool) -> None:
+    async def _watch(self, process: Process, check: bool, scope: anyio.CancelScope) -> None:
         """One per child: wait for it, stop it if cancelled, publish its exit, check it."""
         event: ExitEvent | None = None
         try:
-            with anyio.CancelScope() as scope:
-                if process.daemon:
-                    self._daemon_scopes[process] = scope
+            with scope:
                 try:
                     await process.wait()
                 except anyio.get_cancelled_exc_class():
                     await process._stop_shielded(self._grace)
-                    raise
+                    if not (check and process._failure() is not None):
+                        raise
+                    # It had failed on its own before the stop reached it: that is a
+                    # failure, not a stop, and must not be lost. Raised below, instead of
+                    # the cancellation.
         finally:
             self._daemon_scopes.pop(process, None)
             if self._slots is not None:

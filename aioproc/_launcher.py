@@ -375,6 +375,16 @@ _ORPHAN_STATUS = 255
 #: the newest one dies first and the others follow (no cycle).
 _FORK_LOCK = threading.Lock()
 
+
+def _new_fork_lock() -> None:
+    # A fork child is forked while its parent's start thread holds _FORK_LOCK, and inherits it
+    # held by a thread that does not exist in the child: its own fork starts would wait forever.
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
+
 #: Threads that may run blocking starts (spawn, fork) at once. One or two keep event-loop lag
 #: low even in a storm of starts (pitfall 5); more only add GIL contention. Not anyio's default
 #: limiter, which web frameworks share with their sync endpoints.
@@ -409,6 +419,34 @@ def _in_flight() -> anyio.Semaphore:
         return semaphore
 
 
+#: File descriptors one start may need at once (its pipes, the fork server's socket, a pidfd,
+#: spawning an interpreter), with room for a second start in the other start thread.
+_START_FDS = 16
+
+
+def _check_fds(process: Process, method: str) -> None:
+    """Refuse a start that would run out of file descriptors, before anything is made.
+
+    Out of fds half-way, multiprocessing leaks the pipes it has made (fork: for good; spawn:
+    until the failed Popen is collected), and a fork server whose client fails mid-request
+    exits (CPython 3.11-3.13), losing the exit status of every child it runs.
+    """
+    held: list[int] = []
+    try:
+        for _ in range(_START_FDS):
+            held.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        raise SpawnError(
+            f"could not start {process.name!r} ({method}): out of file descriptors (a start "
+            f"needs up to {_START_FDS}): raise RLIMIT_NOFILE or run fewer children at once"
+        ) from exc
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 async def launch(context: Context, process: Process, daemon: bool) -> LocalHandle:
     """Start ``process`` in a new child; return once the child exists.
 
@@ -418,6 +456,7 @@ async def launch(context: Context, process: Process, daemon: bool) -> LocalHandl
     cancelled, so that no child is left unaccounted for: the caller then kills it.
     """
     method = context.get_start_method()
+    _check_fds(process, method)
     if method == "forkserver" and _forkserver.ASYNC_CLIENT:
         if not _forkserver.is_running():
             # Starting the server spawns an interpreter and waits for it: off the loop.

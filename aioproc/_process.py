@@ -280,17 +280,32 @@ class Process:
         if watcher.finished:
             assert watcher.exitcode is not None
             return watcher.exitcode
+        pgid = watcher.handle.pid
         try:
             self.terminate()
             with anyio.move_on_after(grace):
-                return await self.wait()
+                code = await self.wait()
+                # Descendants in the child's process group got the SIGTERM too, and may
+                # outlive it: they get the rest of the grace, then SIGKILL like the child.
+                poll = _GROUP_POLL
+                while _group_alive(pgid):  # polled: a process group empties without an event
+                    await anyio.sleep(poll)
+                    poll = min(2 * poll, _GROUP_POLL_MAX)
+                return code
         except BaseException:
             with anyio.CancelScope(shield=True):
                 self.kill()
                 await self.wait()
+                _kill_group(pgid)
             raise
-        logger.warning("%s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace)
+        if watcher.finished:
+            logger.warning(
+                "descendants of %s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace
+            )
+        else:
+            logger.warning("%s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace)
         self.kill()
+        _kill_group(pgid)
         with anyio.CancelScope(shield=True):
             code = await self.wait()
         return code
@@ -361,7 +376,8 @@ class Process:
         kind = bytes(frame[:1]) if frame is not None else b""
         body = memoryview(frame)[1:] if frame is not None else memoryview(b"")
         self._decoded = True
-        if kind == Kind.VALUE and exitcode == 0:
+        if kind == Kind.VALUE and (exitcode == 0 or self._stopping):
+            # It returned; a stop that came after that does not take the value away.
             try:
                 self._value = pickle.loads(body)
             except Exception as exc:  # noqa: BLE001 - reported as the child's failure
@@ -375,23 +391,22 @@ class Process:
             return
         if self._stopping:
             # Stopped by aioproc: not a failure, whatever the child did on its way out.
-            self._stopped_early = exitcode != 0
+            self._stopped_early = True
             return
         if kind == Kind.RAISED:
-            data, type_name, message, tb = pickle.loads(body)
-            self._error = rebuild_exception(
-                data, type_name, message, tb, process=self, exitcode=exitcode
-            )
+            self._error = rebuild_exception(pickle.loads(body), process=self, exitcode=exitcode)
         elif kind == Kind.UNPICKLABLE:
-            value_type, data, type_name, message, tb = pickle.loads(body)
+            value_type, *record = pickle.loads(body)
             self._error = ProcessFailed(
                 f"the result of {self._label}, of type {value_type}, could not be pickled",
                 process=self,
                 exitcode=exitcode,
-                remote_traceback=tb,
+                remote_traceback=record[3],
             )
             self._error.__cause__ = rebuild_exception(
-                data, type_name, message, tb, process=self, exitcode=exitcode
+                tuple(record),
+                process=self,
+                exitcode=exitcode,
             )
         elif exitcode != 0:
             self._error = ProcessFailed(
@@ -447,6 +462,48 @@ class Process:
         self._current = True
         self._pid = os.getpid()
         self._watcher = None
+
+
+#: How often stop() checks whether a stopped child's descendants have left its process group
+#: (first, and at most: the check scans /proc).
+_GROUP_POLL = 0.005
+_GROUP_POLL_MAX = 0.1
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live process is left in the process group that a stopped child led.
+
+    Safe after the child was reaped: the kernel does not reuse a pid while a process group of
+    that id has members. A member that has died but waits for its reaper (orphans go to init,
+    or to a container's PID 1, which may take seconds or never come) counts as gone.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:  # pragma: no cover - no /proc: trust killpg
+        return True
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                state, _ppid, group = f.read().rsplit(b")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if state != b"Z" and int(group) == pgid:
+            return True
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL whatever is left in a stopped child's process group (its descendants)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 # --- module functions ---------------------------------------------------------------------
