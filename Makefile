@@ -1,10 +1,16 @@
 # Two commands for a fresh machine with python3 and pip: `make demo` and `make test`.
+# `make bench` runs the benchmark suite in its own venv and writes docs/benchmarks.md.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+# Extra arguments for benchmarks/run.py, e.g. `make bench BENCH_ARGS=--quick`.
+BENCH_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,12 +18,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
 demo: $(STAMP)
 	$(PY) examples/seed_demo.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check aioproc tests examples
-	$(PY) -m ruff format --check aioproc tests examples
+	$(PY) -m ruff check aioproc tests examples benchmarks
+	$(PY) -m ruff format --check aioproc tests examples benchmarks
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
@@ -27,5 +39,8 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/run.py --out docs $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
