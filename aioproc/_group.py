@@ -62,7 +62,9 @@ class ProcessGroup:
     ) -> None:
         if not (isinstance(grace, (int, float)) and grace >= 0 and not math.isnan(grace)):
             raise ValueError(f"grace must be a number of seconds >= 0, not {grace!r}")
-        if max_running is not None and (not isinstance(max_running, int) or max_running < 1):
+        if max_running is not None and (
+            not isinstance(max_running, int) or isinstance(max_running, bool) or max_running < 1
+        ):
             raise ValueError(f"max_running must be a positive int or None, not {max_running!r}")
         self._grace = float(grace)
         self._max_running = max_running
@@ -74,6 +76,7 @@ class ProcessGroup:
         self._slots: anyio.Semaphore | None = None
         self._daemon_scopes: dict[Process, anyio.CancelScope] = {}
         self._entered = False
+        self._stopping_daemons = False
         self._closed = False
 
     @property
@@ -120,6 +123,8 @@ class ProcessGroup:
             # Registered now, not when the watcher first runs: a block that ends right after
             # this spawn (no checkpoint in between) must still find the daemon to stop.
             self._daemon_scopes[process] = scope
+            if self._stopping_daemons:
+                scope.cancel()  # spawned from outside while the block stops its daemons
         tg.start_soon(self._watch, process, check, scope, name=f"aioproc watcher {process.name}")
         return process
 
@@ -168,6 +173,7 @@ class ProcessGroup:
                 except BaseException as error:  # noqa: BLE001 - handed to the task group below
                     exc = error
                 else:
+                    self._stopping_daemons = True
                     for scope in list(self._daemon_scopes.values()):
                         scope.cancel()
             if exc is None:

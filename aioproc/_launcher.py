@@ -207,8 +207,12 @@ class Handle(Protocol):
         """Wait until the child has exited and its status is known; return the exit code."""
         ...
 
-    def signal(self, signum: int) -> None:
-        """Send ``signum`` to the child and its descendants; nothing once it has exited."""
+    def signal(self, signum: int) -> bool:
+        """Send ``signum`` to the child and its descendants; nothing once it has exited.
+
+        Returns whether the child was still running: a child that has exited (even if its
+        status is not known yet) was not stopped by this signal.
+        """
         ...
 
     def close(self) -> None:
@@ -225,6 +229,17 @@ def _pidfd_open(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):  # not Linux >= 5.3, or the process is already gone
         return None
+
+
+def _running(pid: int) -> bool:
+    """False if ``pid`` has exited, even before its exit status can be read (a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover - no /proc: assume it runs, as before
+        return True
 
 
 def _readable(fd: int) -> bool:
@@ -262,6 +277,8 @@ class LocalHandle:
         self.pid: int = popen.pid
         self.result_fd = result_fd
         self.returncode: int | None = None
+        #: True when the exit status went with a dead fork server (``returncode`` is then 255).
+        self.status_lost = False
         self._pidfd: int | None = None
         self._closed = False
         if not self._forkserver:
@@ -311,7 +328,10 @@ class LocalHandle:
 
     def _poll_server(self) -> int | None:
         if self._pidfd is not None:  # orphaned: the server died before the child
-            return _ORPHAN_STATUS if _readable(self._pidfd) else None
+            if not _readable(self._pidfd):
+                return None
+            self.status_lost = True
+            return _ORPHAN_STATUS
         if not _readable(self._popen.sentinel):
             return None
         try:
@@ -322,6 +342,7 @@ class LocalHandle:
         logger.warning("the fork server died before pid %d: its exit status will be lost", self.pid)
         self._pidfd = _pidfd_open(self.pid)
         if self._pidfd is None or _readable(self._pidfd):
+            self.status_lost = True
             return _ORPHAN_STATUS  # already gone
         return None
 
@@ -337,9 +358,9 @@ class LocalHandle:
                 await anyio.sleep(_STATUS_RETRY)
         return code
 
-    def signal(self, signum: int) -> None:
-        if self.poll() is not None:
-            return
+    def signal(self, signum: int) -> bool:
+        if self.poll() is not None or not _running(self.pid):
+            return False
         # Each child leads its own process group (the bootstrap did that before start()
         # returned), so this reaches its descendants too.
         try:
@@ -348,7 +369,8 @@ class LocalHandle:
             try:
                 os.kill(self.pid, signum)
             except ProcessLookupError:
-                pass
+                return False
+        return True
 
     def close(self) -> None:
         if self._closed:

@@ -252,9 +252,12 @@ class Process:
         watcher = self._require_started("signal")
         if watcher.poll() is not None:
             return
-        self._stopping = True
+        # Set before the signal goes (the exit may be seen at once), cleared if it found the
+        # child already gone: a child that ended on its own was not stopped.
+        stopping, self._stopping = self._stopping, True
         logger.debug("sending %s to %s", signum.name, self._label)
-        watcher.handle.signal(signum)
+        if not watcher.handle.signal(signum):
+            self._stopping = stopping
 
     def close(self) -> None:
         """Release what the finished child held, as :meth:`multiprocessing.Process.close`.
@@ -376,8 +379,10 @@ class Process:
         kind = bytes(frame[:1]) if frame is not None else b""
         body = memoryview(frame)[1:] if frame is not None else memoryview(b"")
         self._decoded = True
-        if kind == Kind.VALUE and (exitcode == 0 or self._stopping):
-            # It returned; a stop that came after that does not take the value away.
+        lost = getattr(watcher.handle, "status_lost", False)
+        if kind == Kind.VALUE and (exitcode == 0 or self._stopping or lost):
+            # It returned; a stop that came after that does not take the value away, nor
+            # does a fork server that died with the child's exit status (reported as 255).
             try:
                 self._value = pickle.loads(body)
             except Exception as exc:  # noqa: BLE001 - reported as the child's failure

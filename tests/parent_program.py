@@ -1,9 +1,12 @@
 """A parent program for tests that kill or interrupt the parent itself.
 
-Usage: parent_program.py START_METHOD BACKEND WORKDIR. Starts a group with a daemon and a non-daemon
-child (each of which forks a grandchild), prints ``PIDS <pid> ...`` (children and
+Usage: parent_program.py START_METHOD BACKEND WORKDIR [MODE]. Starts a group with a daemon and a
+non-daemon child (each of which forks a grandchild), prints ``PIDS <pid> ...`` (children and
 grandchildren) and then waits forever, until it is killed or interrupted. On
 KeyboardInterrupt it prints ``INTERRUPTED`` after the group has stopped its children.
+
+MODE ``nested``: the non-daemon child runs an aioproc group of its own instead, with one
+grandchild that forks a great-grandchild; ``PIDS`` lists all five descendants.
 """
 
 from __future__ import annotations
@@ -24,22 +27,45 @@ def sleeper_with_grandchild(path: str) -> None:
     if pid == 0:
         time.sleep(600)
         os._exit(0)
-    with open(path, "w") as f:
-        f.write(str(pid))
+    _write(path, str(pid))
     time.sleep(600)
 
 
-async def main(method: str, workdir: str) -> None:
+def _write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+async def _read_pids(paths: list[str]) -> list[int]:
+    while not all(os.path.exists(p) for p in paths):
+        await anyio.sleep(0.01)
+    return [int(pid) for p in paths for pid in Path(p).read_text().split()]
+
+
+def nested_group_child(method: str, path: str) -> None:
+    """A child with an aioproc group of its own: a grandchild that forks a great-grandchild."""
+
+    async def main() -> None:
+        async with aioproc.open_group(context=method, grace=2.0) as group:
+            inner = path + "-inner"
+            grandchild = await group.spawn(sleeper_with_grandchild, inner)
+            [great_grandchild] = await _read_pids([inner])
+            _write(path, f"{grandchild.pid} {great_grandchild}")
+            await anyio.sleep(600)
+
+    anyio.run(main)
+
+
+async def main(method: str, workdir: str, mode: str) -> None:
     async with aioproc.open_group(context=method, grace=2.0) as group:
         paths = [os.path.join(workdir, f"grandchild-{i}") for i in range(2)]
+        first = (nested_group_child, method) if mode == "nested" else (sleeper_with_grandchild,)
         children = [
-            await group.spawn(sleeper_with_grandchild, path, daemon=daemon)
-            for path, daemon in zip(paths, (False, True), strict=True)
+            await group.spawn(*first, paths[0], daemon=False),
+            await group.spawn(sleeper_with_grandchild, paths[1], daemon=True),
         ]
-        while not all(os.path.exists(p) and os.path.getsize(p) for p in paths):
-            await anyio.sleep(0.01)
-        grandchildren = [int(Path(p).read_text()) for p in paths]
-        pids = [p.pid for p in children] + grandchildren
+        pids = [p.pid for p in children] + await _read_pids(paths)
         print("PIDS", *pids, flush=True)
         await anyio.sleep(600)
 
@@ -48,7 +74,8 @@ if __name__ == "__main__":
     warnings.simplefilter("ignore")  # the 'fork' start method warns, on purpose
     interrupted = False
     try:
-        anyio.run(main, sys.argv[1], sys.argv[3], backend=sys.argv[2])
+        mode = sys.argv[4] if len(sys.argv) > 4 else "plain"
+        anyio.run(main, sys.argv[1], sys.argv[3], mode, backend=sys.argv[2])
     except* KeyboardInterrupt:  # bare on asyncio, inside an exception group on trio
         interrupted = True
     if interrupted:

@@ -1,8 +1,9 @@
 """Children never outlive their parent: killed, terminated or interrupted.
 
 Each test runs tests/parent_program.py as a subprocess (a group with a daemon and a non-daemon
-child, each with an os.fork() grandchild), then kills or interrupts it and checks /proc for
-survivors. Survivors are SIGKILLed at the end, pass or fail.
+child, each with an os.fork() grandchild; in "nested" mode the non-daemon child runs an aioproc
+group of its own, whose child forks a great-grandchild), then kills or interrupts it and checks
+/proc for survivors. Survivors are SIGKILLed at the end, pass or fail.
 """
 
 from __future__ import annotations
@@ -44,21 +45,24 @@ def _wait_gone(pids: list[int], within: float) -> list[int]:
 def parent(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
     started: list[tuple[subprocess.Popen[str], list[int]]] = []
 
-    def start(method: str, backend: str = "asyncio") -> tuple[subprocess.Popen[str], list[int]]:
+    def start(
+        method: str, backend: str = "asyncio", mode: str = "plain"
+    ) -> tuple[subprocess.Popen[str], list[int]]:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
         env["PYTHONPATH"] = os.pathsep.join([str(PROGRAM.parent.parent), env.get("PYTHONPATH", "")])
         proc = subprocess.Popen(
-            [sys.executable, str(PROGRAM), method, backend, str(tmp_path)],
+            [sys.executable, str(PROGRAM), method, backend, str(tmp_path), mode],
             stdout=subprocess.PIPE,
             text=True,
             env=env,
         )
+        started.append((proc, []))
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.startswith("PIDS"), line
         pids = [int(x) for x in line.split()[1:]]
-        assert len(pids) == 4 and all(_alive(p) for p in pids)
-        started.append((proc, pids))
+        started[-1] = (proc, pids)
+        assert len(pids) == (5 if mode == "nested" else 4) and all(_alive(p) for p in pids)
         return proc, pids
 
     yield start
@@ -87,12 +91,50 @@ def test_parent_sigterm_takes_every_child_along(parent, method: str) -> None:  #
     assert _wait_gone(pids, within=1.0) == []
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_parent_sigkill_takes_nested_group_descendants_along(parent, method: str) -> None:  # type: ignore[no-untyped-def]
+    # The child's watchdog kills the child; the grandchild's watchdog sees the child die and
+    # kills the grandchild and its process group (the great-grandchild).
+    proc, pids = parent(method, mode="nested")
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(pids, within=1.0) == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parent_sigterm_takes_nested_group_descendants_along(parent, method: str) -> None:  # type: ignore[no-untyped-def]
+    proc, pids = parent(method, mode="nested")
+    proc.terminate()
+    proc.wait()
+    assert _wait_gone(pids, within=1.0) == []
+
+
+#: The grace of parent_program's group.
+GRACE = 2.0
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_ctrl_c_stops_children_gracefully(parent, backend: str) -> None:  # type: ignore[no-untyped-def]
-    proc, pids = parent("forkserver", backend)
+@pytest.mark.parametrize("method", METHODS)
+def test_ctrl_c_stops_children_gracefully(parent, method: str, backend: str) -> None:  # type: ignore[no-untyped-def]
+    proc, pids = parent(method, backend)
+    interrupted = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=2.0 + 5.0)
+    out, _ = proc.communicate(timeout=GRACE + 5.0)
+    # KeyboardInterrupt reached the program, after its group had stopped the children.
     assert "INTERRUPTED" in out
     assert proc.returncode == 130
-    # The group stopped its children before KeyboardInterrupt left it: none is running.
+    assert time.monotonic() - interrupted < GRACE + 1.0
+    # The group stopped and reaped its children before KeyboardInterrupt left it, and their
+    # grandchildren (same process groups) with them.
     assert [p for p in pids if _alive(p)] == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ctrl_c_stops_nested_group_descendants(parent, method: str) -> None:  # type: ignore[no-untyped-def]
+    proc, pids = parent(method, mode="nested")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=GRACE + 5.0)
+    assert "INTERRUPTED" in out and proc.returncode == 130
+    # The nested group's own children end by their watchdog, when the child they watch is
+    # stopped: a few milliseconds later.
+    assert _wait_gone(pids, within=1.0) == []
