@@ -10,7 +10,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 # Extra arguments for benchmarks/run.py, e.g. `make bench BENCH_ARGS=--quick`.
 BENCH_ARGS ?=
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test matrix lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The suite on Python 3.11, 3.12 and 3.13 x forkserver, spawn and fork (see .ci/matrix).
+matrix:
+	bash .ci/matrix
+
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/run.py --out docs $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) build *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .venv-matrix build *.egg-info

@@ -603,7 +603,7 @@ async def test_keyboard_interrupt_in_child_is_process_failed() -> None:
 
 @pytest.mark.parametrize(
     ("target", "type_name"),
-    [(targets.return_lambda, "function"), (targets.return_lock, "lock")],
+    [(targets.return_lambda, "lambda"), (targets.return_lock, "lock")],
     ids=["lambda", "lock"],
 )
 async def test_unpicklable_result(target: Any, type_name: str) -> None:
@@ -611,9 +611,11 @@ async def test_unpicklable_result(target: Any, type_name: str) -> None:
     with pytest.raises(aioproc.ProcessFailed, match="could not be pickled") as info:
         await p.result()
     err = info.value
-    assert type_name in str(err)
-    assert isinstance(err.__cause__, BaseException)
-    assert "pickle" in str(err.__cause__).lower()
+    assert ("function" if type_name == "lambda" else type_name) in str(err)
+    # The pickling error itself; its type and wording vary across Python versions
+    # ("Can't pickle local object" on 3.11, "Can't get local object" on 3.13).
+    assert isinstance(err.__cause__, (pickle.PicklingError, TypeError, AttributeError))
+    assert type_name in str(err.__cause__)
     assert err.exitcode != 0
 
 
