@@ -15,7 +15,8 @@ Where to read on (each module owns one idea):
 - ``_group.py``    process groups: one watcher task per child inside a task group
 - ``_watch.py``    exit watching: one watcher per child feeds every waiter
 - ``_launcher.py`` the seam that makes processes (multiprocessing today), start methods
-- ``_child.py``    the child-side bootstrap: process group, watchdog, result
+- ``_forkserver.py`` the fork server, started by aioproc so that its preload works
+- ``_child.py``    the child-side bootstrap: fds, process group, watchdog, result
 - ``_wire.py``     the frame pipe between child and parent
 - ``_events.py``   ``ExitEvent``
 - ``_errors.py``   every error, and how a child's exception is rebuilt in the parent
@@ -23,26 +24,27 @@ Where to read on (each module owns one idea):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar, TypeVarTuple
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ._errors import (
-    ProcessError,
-    ProcessFailed,
-    ProcessStateError,
-    RemoteTraceback,
-    SpawnError,
-)
-from ._events import ExitEvent
-from ._group import EventStream, ProcessGroup, open_group
-from ._launcher import Context
-from ._process import (
-    DEFAULT_GRACE,
-    Process,
-    active_children,
-    cpu_count,
-    current_process,
-)
+if TYPE_CHECKING:
+    from ._errors import (
+        ProcessError,
+        ProcessFailed,
+        ProcessStateError,
+        RemoteTraceback,
+        SpawnError,
+    )
+    from ._events import ExitEvent
+    from ._group import EventStream, ProcessGroup, open_group
+    from ._process import (
+        DEFAULT_GRACE,
+        Process,
+        active_children,
+        cpu_count,
+        current_process,
+        run,
+    )
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -64,24 +66,31 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-T = TypeVar("T")
-PosArgsT = TypeVarTuple("PosArgsT")
+#: Where each public name lives. They are imported on first use (PEP 562): every child
+#: imports this package to run its target and needs little of it -- importing anyio, attrs
+#: and the launcher up front would double a spawn child's start-up time.
+_HOME = {
+    **dict.fromkeys(
+        ["ProcessError", "ProcessFailed", "ProcessStateError", "RemoteTraceback", "SpawnError"],
+        "._errors",
+    ),
+    "ExitEvent": "._events",
+    **dict.fromkeys(["EventStream", "ProcessGroup", "open_group"], "._group"),
+    **dict.fromkeys(
+        ["DEFAULT_GRACE", "Process", "active_children", "cpu_count", "current_process", "run"],
+        "._process",
+    ),
+}
 
 
-async def run(
-    target: Callable[[*PosArgsT], T],
-    *args: *PosArgsT,
-    name: str | None = None,
-    context: str | Context | None = None,
-) -> T:
-    """Run ``target(*args)`` in a new child process and return its result.
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'aioproc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # once found, a plain module attribute
+    return value
 
-    Raises the child's failure (its own exception, or :class:`ProcessFailed`). If the calling
-    task is cancelled, the child is stopped (SIGTERM, then SIGKILL after
-    :data:`DEFAULT_GRACE` seconds) and reaped before the cancellation propagates. Keyword
-    arguments for the target go through :func:`functools.partial`.
-    """
-    process = Process(target=target, args=args, name=name, context=context)
-    async with process:
-        result: Any = await process.result()
-        return result  # type: ignore[no-any-return]
+
+def __dir__() -> list[str]:
+    return [*__all__, "__version__"]

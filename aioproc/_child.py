@@ -15,23 +15,83 @@ import pickle
 import signal
 import threading
 import traceback
-from typing import TYPE_CHECKING
+from multiprocessing import reduction
+from typing import TYPE_CHECKING, Any
 
 from ._wire import Kind, write_frame
 
 if TYPE_CHECKING:
     from ._errors import ExceptionRecord
-    from ._launcher import InheritedFd, Payload
     from ._process import Process
 
-__all__ = ["bootstrap", "current"]
+__all__ = ["InheritedFd", "Payload", "bootstrap", "current"]
 
 #: The Process object this child runs, once the bootstrap has loaded it.
 current: Process | None = None
 
 
+# --- what crosses the boundary ---------------------------------------------------------------
+# Made by the parent at launch (``_launcher.py``), rebuilt here. This module and what it
+# imports is all that a spawn child loads before its target: keep it light.
+
+
+class InheritedFd:
+    """An fd that the child receives: by inheritance under fork, by fd passing otherwise."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Runs while multiprocessing pickles the process object, so the spawning Popen is set
+        # and DupFd registers the fd to be passed to the child.
+        return (_rebuild_fd, (reduction.DupFd(self.fd),))
+
+
+def _rebuild_fd(dup: Any) -> InheritedFd:
+    return InheritedFd(dup.detach())
+
+
+class Payload:
+    """The Process object, pickled by the parent at launch but unpickled by the bootstrap.
+
+    Pickling happens inside multiprocessing's own pickling of the launch (so Queues, Locks and
+    Connections in the arguments work as they do with the stdlib); unpickling is deferred to the
+    child's bootstrap, so a target the child cannot import is reported over the pipe as a
+    :class:`SpawnError` instead of a traceback on the child's stderr.
+    """
+
+    def __init__(self, obj: Process) -> None:
+        self.obj: Process | None = obj
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        try:
+            data = bytes(reduction.ForkingPickler.dumps(self.obj))
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return (_payload_from_bytes, (data,))
+
+    def load(self) -> Process:
+        if self.obj is None:
+            assert self.data is not None
+            self.obj = pickle.loads(self.data)
+            self.data = None
+        return self.obj
+
+
+def _payload_from_bytes(data: bytes) -> Payload:
+    payload = Payload.__new__(Payload)
+    payload.obj, payload.data, payload.error = None, data, None
+    return payload
+
+
 #: What a forkserver child takes from its parent at start: stdout, stderr, the environment.
-Inherit = tuple["InheritedFd | None", "InheritedFd | None", dict[str, str]]
+Inherit = tuple[InheritedFd | None, InheritedFd | None, dict[str, str]]
+
+
+# --- the bootstrap ----------------------------------------------------------------------------
 
 
 def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) -> None:

@@ -18,7 +18,6 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
 import os
-import pickle
 import select
 import struct
 import threading
@@ -33,6 +32,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from . import _child, _forkserver
+from ._child import InheritedFd, Payload
 from ._errors import SpawnError
 
 if TYPE_CHECKING:
@@ -86,58 +86,6 @@ def resolve_context(context: str | Context | None, *, stacklevel: int) -> Contex
 
 
 # --- what crosses the boundary ----------------------------------------------------------------
-
-
-class InheritedFd:
-    """An fd that the child receives: by inheritance under fork, by fd passing otherwise."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Runs while multiprocessing pickles the process object, so the spawning Popen is set
-        # and DupFd registers the fd to be passed to the child.
-        return (_rebuild_fd, (reduction.DupFd(self.fd),))
-
-
-def _rebuild_fd(dup: Any) -> InheritedFd:
-    return InheritedFd(dup.detach())
-
-
-class Payload:
-    """The Process object, pickled by the parent at launch but unpickled by the bootstrap.
-
-    Pickling happens inside multiprocessing's own pickling of the launch (so Queues, Locks and
-    Connections in the arguments work as they do with the stdlib); unpickling is deferred to the
-    child's bootstrap, so a target the child cannot import is reported over the pipe as a
-    :class:`SpawnError` instead of a traceback on the child's stderr.
-    """
-
-    def __init__(self, obj: Process) -> None:
-        self.obj: Process | None = obj
-        self.data: bytes | None = None
-        self.error: BaseException | None = None
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        try:
-            data = bytes(reduction.ForkingPickler.dumps(self.obj))
-        except BaseException as exc:
-            self.error = exc
-            raise
-        return (_payload_from_bytes, (data,))
-
-    def load(self) -> Process:
-        if self.obj is None:
-            assert self.data is not None
-            self.obj = pickle.loads(self.data)
-            self.data = None
-        return self.obj
-
-
-def _payload_from_bytes(data: bytes) -> Payload:
-    payload = Payload.__new__(Payload)
-    payload.obj, payload.data, payload.error = None, data, None
-    return payload
 
 
 class _DryRunPopen:

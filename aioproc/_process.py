@@ -30,10 +30,9 @@ import os
 import pickle
 import signal
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from . import _child
 from ._errors import (
@@ -44,10 +43,15 @@ from ._errors import (
     process_label,
     rebuild_exception,
 )
-from ._events import ExitEvent
-from ._launcher import Context, default_context, launch, resolve_context
-from ._watch import Watcher
 from ._wire import Kind
+
+# A child imports this module to unpickle its Process and run it: it needs none of the parent
+# side's machinery (anyio, the launcher, the watcher, attrs for events), which would double a
+# spawn child's start-up time. Methods that run in the parent import those when they run.
+if TYPE_CHECKING:
+    from ._events import ExitEvent
+    from ._launcher import Context
+    from ._watch import Watcher
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -55,7 +59,11 @@ __all__ = [
     "active_children",
     "cpu_count",
     "current_process",
+    "run",
 ]
+
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
 
 logger = logging.getLogger("aioproc.process")
 
@@ -100,6 +108,8 @@ class Process:
         self._kwargs = dict(kwargs) if kwargs is not None else {}
         self._name = name if name is not None else f"{type(self).__name__}-{next(_counter)}"
         self._daemon = current_process().daemon if daemon is None else bool(daemon)
+        from ._launcher import resolve_context
+
         self._context = resolve_context(context, stacklevel=2)
         self._pid: int | None = None
         self._current = False
@@ -191,6 +201,11 @@ class Process:
                 f"cannot start {self._name!r}: daemonic processes are not allowed to have "
                 "children (as in multiprocessing); make the parent non-daemonic"
             )
+        import anyio
+
+        from ._launcher import default_context, launch
+        from ._watch import Watcher
+
         context = self._context or default or default_context()
         self._starting = True
         try:
@@ -277,6 +292,8 @@ class Process:
         Always reaps the child before returning. If the calling task is cancelled meanwhile,
         the child is killed and reaped at once, then the cancellation propagates.
         """
+        import anyio
+
         if grace < 0:
             raise ValueError(f"grace must be >= 0, not {grace!r}")
         watcher = self._require_started("stop")
@@ -315,6 +332,8 @@ class Process:
 
     async def _stop_shielded(self, grace: float) -> None:
         """Graceful stop that a cancellation cannot cut short (groups, ``run()``, errors)."""
+        import anyio
+
         with anyio.CancelScope(shield=True):
             await self.stop(grace)
 
@@ -419,6 +438,8 @@ class Process:
             )
 
     def _exit_event(self) -> ExitEvent:
+        from ._events import ExitEvent
+
         watcher = self._watcher
         assert watcher is not None and watcher.exitcode is not None and self._pid is not None
         return ExitEvent(
@@ -512,6 +533,25 @@ def _kill_group(pgid: int) -> None:
 
 
 # --- module functions ---------------------------------------------------------------------
+
+
+async def run(
+    target: Callable[[*PosArgsT], T],
+    *args: *PosArgsT,
+    name: str | None = None,
+    context: str | Context | None = None,
+) -> T:
+    """Run ``target(*args)`` in a new child process and return its result.
+
+    Raises the child's failure (its own exception, or :class:`ProcessFailed`). If the calling
+    task is cancelled, the child is stopped (SIGTERM, then SIGKILL after
+    :data:`DEFAULT_GRACE` seconds) and reaped before the cancellation propagates. Keyword
+    arguments for the target go through :func:`functools.partial`.
+    """
+    process = Process(target=target, args=args, name=name, context=context)
+    async with process:
+        result: Any = await process.result()
+        return result  # type: ignore[no-any-return]
 
 
 def current_process() -> Process:
