@@ -2,8 +2,8 @@
 
 ``bootstrap`` is the target of the multiprocessing process that carries an aioproc child. In
 order, it: takes the parent's stdout, stderr and environment (forkserver), becomes the leader
-of its own process group, starts the parent-death watchdog, loads the Process object, reports
-READY, runs ``Process.run()`` and sends back its value or its exception. Every fd the child is
+of its own process group, loads the Process object, reports READY, starts the parent-death
+watchdog, runs ``Process.run()`` and sends back its value or its exception. Every fd the child is
 given is set up here, in one place.
 """
 
@@ -88,7 +88,7 @@ def _payload_from_bytes(data: bytes) -> Payload:
 
 
 #: What a forkserver child takes from its parent at start: stdout, stderr, the environment.
-Inherit = tuple[InheritedFd | None, InheritedFd | None, dict[str, str]]
+Inherit = tuple[InheritedFd | None, InheritedFd | None, dict[str, str] | None]
 
 
 # --- the bootstrap ----------------------------------------------------------------------------
@@ -105,13 +105,12 @@ def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) ->
             if inherited is not None:
                 os.dup2(inherited.fd, target)
                 os.close(inherited.fd)
-        if os.environ != environ:
+        if environ is not None and os.environ != environ:
             os.environ.clear()
             os.environ.update(environ)
     # Lead a process group, so that terminate/kill/stop reach our descendants too. start()
     # returns only after READY, so the parent never signals a group that does not exist yet.
     os.setpgid(0, 0)
-    _start_watchdog()
     from . import _process
 
     # Under fork we inherited the parent's bookkeeping and its fds for our siblings: drop
@@ -125,6 +124,9 @@ def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) ->
     process._become_current()
     current = process
     write_frame(fd, Kind.READY)
+    # After READY, which it would only delay: if the parent is already gone by now, the
+    # watchdog sees that at once. It is running before the target is.
+    _start_watchdog()
     try:
         value = process.run()
     except SystemExit:

@@ -29,17 +29,35 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import sys
 from multiprocessing import connection, forkserver, process, resource_tracker, spawn, util
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
-__all__ = ["ASYNC_CLIENT", "connect", "ensure_running", "is_running", "serve"]
+__all__ = [
+    "ASYNC_CLIENT",
+    "Unreachable",
+    "connect",
+    "differences",
+    "ensure_running",
+    "is_running",
+    "restart",
+    "serve",
+    "server_pid",
+]
 
-#: Modules every aioproc child needs, beyond what the parent asked for.
-_ALWAYS = ("aioproc", "runpy", "pkgutil")
+#: Modules every aioproc child needs, beyond what the parent asked for: its bootstrap, the
+#: Process class it unpickles, the fd passing of forkserver children.
+_ALWAYS = (
+    "aioproc._child",
+    "aioproc._process",
+    "multiprocessing.popen_forkserver",
+    "runpy",
+    "pkgutil",
+)
 #: Modules preloaded when the parent has imported them (its children will import them too).
 _IF_IMPORTED = ("trio", "uvloop")
 
@@ -114,6 +132,40 @@ def _alive(server: Any) -> bool:
     return False
 
 
+class Unreachable(ConnectionError):
+    """The fork server went away before it made a child that can run: a start may be retried.
+
+    That is: it refused the connection, hung up on the request, or died before it sent the
+    new child's pid -- before aioproc sends a child its data, without which it cannot run.
+    """
+
+
+def restart(pid: int) -> None:
+    """Replace server ``pid``, found unreachable (blocking: call it from a worker thread).
+
+    A SIGKILLed server still counts as running to waitpid() for a moment after its socket
+    stops answering; make sure it is gone, then launch a new one.
+    """
+    server: Any = forkserver._forkserver
+    with server._lock:
+        if server._forkserver_pid == pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            os.close(server._forkserver_alive_fd)
+            server._forkserver_address = None
+            server._forkserver_alive_fd = None
+            server._forkserver_pid = None
+    ensure_running()
+
+
+def server_pid() -> int | None:
+    pid: int | None = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    return pid
+
+
 async def connect(fds: list[int]) -> tuple[int, int]:
     """Ask the server for a new child: ``ForkServer.connect_to_new_process()``, awaited.
 
@@ -131,20 +183,34 @@ async def connect(fds: list[int]) -> tuple[int, int]:
         raise ConnectionError("the fork server is not running")
     if len(fds) + 4 >= forkserver.MAXFDS_TO_SEND:
         raise ValueError(f"too many fds to pass to a forkserver child ({len(fds)})")
-    async with await anyio.connect_unix(address) as stream:
-        parent_r, child_w = os.pipe()
+    # Every fd first: running out of them half-way through a request would make the server
+    # exit (it only survives an OSError while receiving fds), losing its children's statuses.
+    parent_r, child_w = os.pipe()
+    try:
         child_r, parent_w = os.pipe()
+    except BaseException:
+        os.close(parent_r)
+        os.close(child_w)
+        raise
+    try:
         try:
+            stream = await anyio.connect_unix(address)
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            raise Unreachable(f"the fork server refused the connection ({exc})") from exc
+        async with stream:
             allfds = [child_r, child_w, alive_fd, tracker_fd, *fds]
             # multiprocessing.reduction.sendfds(): the count, modulo 256, as the message.
-            await stream.send_fds(bytes([len(allfds) % 256]), allfds)
-        except BaseException:
-            os.close(parent_r)
-            os.close(parent_w)
-            raise
-        finally:
-            os.close(child_r)
-            os.close(child_w)
+            try:
+                await stream.send_fds(bytes([len(allfds) % 256]), allfds)
+            except (OSError, anyio.BrokenResourceError) as exc:
+                raise Unreachable(f"the fork server hung up ({exc!r})") from exc
+    except BaseException:
+        os.close(parent_r)
+        os.close(parent_w)
+        raise
+    finally:
+        os.close(child_r)
+        os.close(child_w)
     return parent_r, parent_w
 
 
@@ -185,6 +251,53 @@ def _launch(server: Any) -> None:
         server._forkserver_address = address
         server._forkserver_alive_fd = alive_w
         server._forkserver_pid = pid
+        global _launched
+        _launched = _Launched(pid, _environ_data(), _stdio_ids())
+
+
+class _Launched(NamedTuple):
+    """What a server that aioproc launched inherited from the parent at launch."""
+
+    pid: int
+    environ: dict[bytes, bytes] | None
+    stdio: tuple[tuple[int, int] | None, ...]
+
+
+_launched: _Launched | None = None
+
+
+def _environ_data() -> dict[bytes, bytes] | None:
+    data = getattr(os.environ, "_data", None)  # the raw form: comparing it is one C call
+    return dict(data) if isinstance(data, dict) else None
+
+
+def _stdio_ids() -> tuple[tuple[int, int] | None, ...]:
+    ids: list[tuple[int, int] | None] = []
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            ids.append(None)
+        else:
+            ids.append((st.st_dev, st.st_ino))
+    return tuple(ids)
+
+
+def differences() -> tuple[tuple[bool, bool], dict[str, str] | None]:
+    """What a forkserver child must take from the parent: stdout, stderr, environment.
+
+    A child inherits those of the server, as they were when it was launched (pitfall 18).
+    Returns which of fds 1 and 2 now refer to other files, and the parent's environment if it
+    changed; everything, for a server that aioproc did not launch.
+    """
+    server: Any = forkserver._forkserver
+    launched = _launched
+    if launched is None or launched.pid != server._forkserver_pid:
+        return (True, True), dict(os.environ)
+    now = _stdio_ids()
+    stdio = (now[0] != launched.stdio[0], now[1] != launched.stdio[1])
+    environ = None if _environ_data() == launched.environ else dict(os.environ)
+    return stdio, environ
 
 
 def serve(listener_fd: int, alive_r: int, preload: list[str], main: tuple[str, str] | None) -> None:

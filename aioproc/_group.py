@@ -77,6 +77,8 @@ class ProcessGroup:
         self._daemon_scopes: dict[Process, anyio.CancelScope] = {}
         self._entered = False
         self._stopping_daemons = False
+        #: Non-daemonic children whose watcher has not finished: leaving normally waits for 0.
+        self._non_daemons_watched = 0
         self._closed = False
 
     @property
@@ -118,6 +120,8 @@ class ProcessGroup:
                 self._slots.release()
             raise
         self._processes.append(process)
+        if not process.daemon:
+            self._non_daemons_watched += 1
         scope = anyio.CancelScope()
         if process.daemon:
             # Registered now, not when the watcher first runs: a block that ends right after
@@ -184,7 +188,7 @@ class ProcessGroup:
             self._notify()
 
     async def _wait_for_non_daemons(self) -> None:
-        while any(not p.daemon and not _exited(p) for p in self._processes):
+        while self._non_daemons_watched:
             await self._changed.wait()
 
     async def _watch(self, process: Process, check: bool, scope: anyio.CancelScope) -> None:
@@ -203,12 +207,14 @@ class ProcessGroup:
                     # the cancellation.
         finally:
             self._daemon_scopes.pop(process, None)
+            if not process.daemon:
+                self._non_daemons_watched -= 1
             if self._slots is not None:
                 self._slots.release()
             if _exited(process):
                 event = process._exit_event()
                 self._events.append(event)
-                self._notify()
+            self._notify()
         if check and event is not None and event.error is not None:
             raise event.error
 

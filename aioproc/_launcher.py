@@ -426,14 +426,29 @@ async def launch(context: Context, process: Process, daemon: bool) -> LocalHandl
     cancelled, so that no child is left unaccounted for: the caller then kills it.
     """
     method = context.get_start_method()
-    _check_fds(process, method)
     if method == "forkserver" and _forkserver.ASYNC_CLIENT:
         if not _forkserver.is_running():
             # Starting the server spawns an interpreter and waits for it: off the loop.
             await anyio.to_thread.run_sync(_forkserver.ensure_running, limiter=_limiter())
+        server = _forkserver.server_pid()
+        try:
+            async with _in_flight():
+                with anyio.CancelScope(shield=True):
+                    return await _launch_forkserver(context, process, daemon)
+        except SpawnError as exc:
+            if server is None or not isinstance(exc.__cause__, _forkserver.Unreachable):
+                raise
+        # The server died (killed from outside) before it got the request: once more, with a
+        # new one. Only then: a request it got may have made a child, which must not run twice.
+        assert server is not None
+        logger.warning("the fork server (pid %d) is gone: starting a new one", server)
+        await anyio.to_thread.run_sync(_forkserver.restart, server, limiter=_limiter())
         async with _in_flight():
             with anyio.CancelScope(shield=True):
                 return await _launch_forkserver(context, process, daemon)
+    # multiprocessing leaks what it has made when it runs out of fds half-way through a
+    # start (our own forkserver client makes every fd first, so it needs no such check).
+    _check_fds(process, method)
     return await anyio.to_thread.run_sync(
         _launch_blocking, context, process, daemon, limiter=_limiter()
     )
@@ -446,7 +461,7 @@ def _launch_blocking(context: Context, process: Process, daemon: bool) -> LocalH
         _forkserver.ensure_running()
         inherit = _inherit()
     payload = Payload(process)
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _result_pipe(process, method, payload)
     try:
         inner = _inner_process(context, process, daemon, payload, write_fd, inherit)
         with _FORK_LOCK if method == "fork" else contextlib.nullcontext():
@@ -471,7 +486,7 @@ def _launch_blocking(context: Context, process: Process, daemon: bool) -> LocalH
 async def _launch_forkserver(context: Context, process: Process, daemon: bool) -> LocalHandle:
     """multiprocessing's forkserver start, with its blocking steps awaited on the loop."""
     payload = Payload(process)
-    read_fd, write_fd = os.pipe()
+    read_fd, write_fd = _result_pipe(process, "forkserver", payload)
     try:
         inner = _inner_process(context, process, daemon, payload, write_fd, _inherit())
         popen: Any = popen_forkserver.Popen.__new__(popen_forkserver.Popen)
@@ -492,8 +507,12 @@ async def _launch_forkserver(context: Context, process: Process, daemon: bool) -
                 # closed: the child's parent-death sentinel is its read end.
                 popen.sentinel = status_r
                 popen.finalizer = _util.Finalize(popen, _util.close_fds, (data_w, status_r))
-                await _write_all(data_w, buf.getbuffer())
+                # The pid first, then the data (multiprocessing does it the other way round):
+                # a server that dies before it sends a pid may or may not have forked, but a
+                # child that never gets its data never runs its target, so the start can be
+                # retried.
                 popen.pid = await _read_pid(status_r)
+                await _write_all(data_w, buf.getbuffer())
         except BaseException as exc:
             if popen.finalizer is not None:
                 popen.finalizer()
@@ -532,7 +551,7 @@ async def _read_pid(fd: int) -> int:
         await anyio.wait_readable(fd)
         chunk = os.read(fd, _SIGNED.size - len(data))
         if not chunk:
-            raise EOFError("the fork server closed the connection before sending a pid")
+            raise _forkserver.Unreachable("the fork server hung up before it sent a pid")
         data += chunk
     pid: int = _SIGNED.unpack(data)[0]
     return pid
@@ -543,9 +562,22 @@ _SIGNED = struct.Struct("q")  # as multiprocessing.forkserver.SIGNED_STRUCT
 
 def _inherit() -> _child.Inherit:
     # Forkserver children are forks of the server and inherit what it had when it started:
-    # hand them the parent's current stdout/stderr (pitfall 18) and environment.
-    out, err = (InheritedFd(fd) if _is_open(fd) else None for fd in (1, 2))
-    return (out, err, dict(os.environ))
+    # hand them the parent's current stdout/stderr (pitfall 18) and environment, where those
+    # changed since.
+    (out, err), environ = _forkserver.differences()
+    stdio = [
+        InheritedFd(fd) if changed and _is_open(fd) else None
+        for fd, changed in ((1, out), (2, err))
+    ]
+    return (stdio[0], stdio[1], environ)
+
+
+def _result_pipe(process: Process, method: str, payload: Payload) -> tuple[int, int]:
+    """The frame pipe from the child (``_wire.py``): (read end, write end)."""
+    try:
+        return os.pipe()
+    except OSError as exc:
+        raise _start_error(process, method, payload, exc) from exc
 
 
 def _inner_process(
@@ -571,7 +603,7 @@ def _start_error(
     """The error a failed start raises: a SpawnError that says why, where we can tell."""
     if payload.error is not None:
         return _pickling_error(process, method, payload.error)
-    if isinstance(exc, (OSError, EOFError, TimeoutError)):
+    if isinstance(exc, (OSError, EOFError, TimeoutError, anyio.BrokenResourceError)):
         return SpawnError(
             f"could not start {process.name!r} ({method}): {type(exc).__name__}: {exc}{_hint(exc)}"
         )
@@ -591,7 +623,7 @@ def _hint(exc: BaseException) -> str:
         return " (out of file descriptors: raise RLIMIT_NOFILE or run fewer children at once)"
     if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
         return " (out of processes or memory: run fewer children at once)"
-    if isinstance(exc, (EOFError, ConnectionError)):
+    if isinstance(exc, (EOFError, ConnectionError, anyio.BrokenResourceError)):
         return " (the fork server went away; the next start launches a new one)"
     if isinstance(exc, TimeoutError):
         return f" (the fork server did not answer within {_SERVER_TIMEOUT:.0f} s)"
