@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import logging
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.process
 import os
+import resource
 import select
 import struct
 import threading
@@ -139,8 +141,9 @@ def _pickling_error(process: Process, method: str, exc: BaseException) -> SpawnE
 class Handle(Protocol):
     """A launched child, as the rest of aioproc sees it.
 
-    The watcher (``_watch.py``) guarantees that one task at a time awaits :meth:`wait` and
-    reads :attr:`result_fd`, and that :meth:`close` runs only once neither is awaited.
+    Nothing here waits: the watcher (``_watch.py``) waits for :attr:`result_fd` and
+    :meth:`exit_fd` to be readable, reads the frames and calls :meth:`poll`, and calls
+    :meth:`close` once it no longer watches either fd.
     """
 
     pid: int
@@ -151,8 +154,11 @@ class Handle(Protocol):
         """The exit code if the child has exited and its status is known; never blocks."""
         ...
 
-    async def wait(self) -> int:
-        """Wait until the child has exited and its status is known; return the exit code."""
+    def exit_fd(self) -> int:
+        """An fd that becomes readable when :meth:`poll` may have news of the exit.
+
+        It may change while the child runs; watchers ask again whenever it fires.
+        """
         ...
 
     def signal(self, signum: int) -> bool:
@@ -195,10 +201,6 @@ def _readable(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))
-
-
-#: How long to wait before asking again when an exit fd fired but the status is not there yet.
-_STATUS_RETRY = 0.0005
 
 
 class LocalHandle:
@@ -294,17 +296,8 @@ class LocalHandle:
             return _ORPHAN_STATUS  # already gone
         return None
 
-    def _exit_fd(self) -> int:
+    def exit_fd(self) -> int:
         return self._pidfd if self._pidfd is not None else int(self._popen.sentinel)
-
-    async def wait(self) -> int:
-        while (code := self.poll()) is None:
-            fd = self._exit_fd()
-            await anyio.wait_readable(fd)
-            if self.poll() is None and fd == self._exit_fd():
-                # Gone, but its status is not readable yet (pitfall 6): ask again shortly.
-                await anyio.sleep(_STATUS_RETRY)
-        return code
 
     def signal(self, signum: int) -> bool:
         if self.poll() is not None or not _running(self.pid):
@@ -426,6 +419,7 @@ async def launch(context: Context, process: Process, daemon: bool) -> LocalHandl
     cancelled, so that no child is left unaccounted for: the caller then kills it.
     """
     method = context.get_start_method()
+    await _make_fd_room()
     if method == "forkserver" and _forkserver.ASYNC_CLIENT:
         if not _forkserver.is_running():
             # Starting the server spawns an interpreter and waits for it: off the loop.
@@ -575,9 +569,57 @@ def _inherit() -> _child.Inherit:
 def _result_pipe(process: Process, method: str, payload: Payload) -> tuple[int, int]:
     """The frame pipe from the child (``_wire.py``): (read end, write end)."""
     try:
-        return os.pipe()
+        read_fd, write_fd = os.pipe()
     except OSError as exc:
         raise _start_error(process, method, payload, exc) from exc
+    _note_fd(max(read_fd, write_fd))
+    return read_fd, write_fd
+
+
+#: The size of this process's fd table that aioproc has made sure of, and the highest fd
+#: number it has seen a start make.
+_fd_table = 0
+_fd_high = 0
+
+
+def _note_fd(fd: int) -> None:
+    global _fd_high
+    _fd_high = max(_fd_high, fd)
+
+
+async def _make_fd_room() -> None:
+    """Grow the fd table well ahead of need, in a worker thread.
+
+    The kernel grows a process's fd table when an fd number outgrows it (at 256, 512, 1024,
+    ...), and in a process with more than one thread each growth waits for an RCU grace
+    period: 5-15 ms here, spent in whatever call made the fd -- the event loop's, in a storm
+    of starts. Grown here, to 4x the fds in use, it never happens on the loop.
+    """
+    global _fd_table
+    if 2 * _fd_high + 64 < _fd_table:
+        return
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    target = max(1024, 1 << (4 * _fd_high).bit_length())
+    if soft != resource.RLIM_INFINITY:
+        target = min(target, soft)
+    if target <= _fd_table:
+        return
+    _fd_table = target  # at once: concurrent starts need not grow it too
+    await anyio.to_thread.run_sync(_reserve_fd, target - 1, limiter=_limiter())
+
+
+def _reserve_fd(number: int) -> None:
+    try:
+        probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        # F_DUPFD takes the lowest free fd >= number: it grows the table, never clobbers.
+        os.close(fcntl.fcntl(probe, fcntl.F_DUPFD_CLOEXEC, number))
+    except OSError:
+        pass
+    finally:
+        os.close(probe)
 
 
 def _inner_process(
