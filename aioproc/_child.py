@@ -14,7 +14,6 @@ import os
 import pickle
 import signal
 import threading
-import traceback
 from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +118,8 @@ def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) ->
     try:
         process = payload.load()
     except BaseException:  # noqa: BLE001 - whatever it is, the parent must hear of it
+        import traceback  # only now: a child that runs fine never needs it
+
         write_frame(fd, Kind.LOAD_FAILED, traceback.format_exc().encode())
         raise SystemExit(1) from None
     process._become_current()
@@ -146,6 +147,8 @@ def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) ->
 
 def _exception_record(exc: BaseException) -> ExceptionRecord:
     """(pickled exception or None, type name, message, formatted traceback, why no pickle)."""
+    import traceback  # only now: a child that runs fine never needs it
+
     frames = exc.__traceback__
     # Start the traceback at the user's code, not at this bootstrap.
     while frames is not None and frames.tb_frame.f_globals.get("__name__", "").startswith(

@@ -109,7 +109,14 @@ def is_running() -> bool:
     if not tracker._lock.acquire(blocking=False):
         return False
     try:
-        return tracker._fd is not None and bool(tracker._check_alive())
+        # Asked with waitpid (the tracker is a child of ours), not with multiprocessing's
+        # probe message, which wakes the tracker up at every start.
+        if tracker._fd is None or tracker._pid is None:
+            return False
+        try:
+            return os.waitpid(tracker._pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
     finally:
         tracker._lock.release()
 
