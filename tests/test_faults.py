@@ -469,7 +469,7 @@ async def test_group_cancel_ends_every_descendant(
 
 #: Starts issued at once. Under spawn each start runs a new interpreter (~130 ms here, 40 s
 #: for 300 on each backend): 100 still keep both start threads busy with overlapping starts.
-AT_ONCE = 100 if START_METHOD == "spawn" else 300
+AT_ONCE = 300
 
 
 async def test_300_starts_at_once() -> None:
