@@ -196,12 +196,11 @@ def _start_watchdog() -> None:
     def watch() -> None:
         import select
 
-        while True:
-            try:
-                select.select([sentinel], [], [])
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
+        # poll(), not select(): a fork child inherits its parent's fd numbers, which can be
+        # above select()'s FD_SETSIZE in a parent with hundreds of children.
+        poller = select.poll()
+        poller.register(sentinel, select.POLLIN)
+        poller.poll()  # readable (EOF) once the parent is gone; PEP 475 retries on signals
         if os.getpgid(0) == os.getpid():
             os.killpg(0, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -1,11 +1,13 @@
-"""The seam between aioproc and whatever makes processes: launch, signal, watch, release.
+r"""The seam between aioproc and whatever makes processes: launch, signal, watch, release.
 
 Everything aioproc does to a child goes through a :class:`Handle`: its pid, the fd carrying its
-frames (``_wire.py``), ``poll()`` / ``await wait()`` for its exit status, ``signal()`` and
-``close()``. The local launcher below builds handles on :mod:`multiprocessing`; another
-launcher (a cluster) can sit beside it by producing the same handle.
+frames (``_wire.py``), an fd that fires on its exit with ``poll()`` for the status,
+``signal()`` and ``close()``. :func:`launch` builds :class:`LocalHandle`\ s on
+:mod:`multiprocessing`; another launcher (a cluster) can sit beside it by producing the same
+handle.
 
-``launch()`` blocks (pickling, the fork server round trip) and runs in a worker thread.
+Forkserver starts talk to the fork server from the event loop (``_forkserver.py`` owns the
+server); spawn and fork starts block, and run in one of two start threads of aioproc's own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import warnings
 from collections.abc import Iterator
 from multiprocessing import context as context_module
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -149,6 +151,9 @@ class Handle(Protocol):
     pid: int
     #: The child's frames (see ``_wire.py``).
     result_fd: int
+    #: True when the exit status could not be known (then ``poll()`` reports 255): whatever
+    #: the child sent over its frame pipe is all there is to judge it by.
+    status_lost: bool
 
     def poll(self) -> int | None:
         """The exit code if the child has exited and its status is known; never blocks."""
@@ -465,8 +470,8 @@ def _launch_blocking(context: Context, process: Process, daemon: bool) -> LocalH
                 # polls. aioproc reaps its own children; left in that list, any start()
                 # elsewhere in the program could take their exit status (pitfall 3).
                 inner._popen = inner._Popen(inner)
-            except BaseException as exc:
-                raise _start_error(process, method, payload, exc) from exc
+            except BaseException as exc:  # noqa: BLE001 - re-raised, as a SpawnError if we can
+                _raise_start_error(process, method, payload, exc)
         inner._sentinel = inner._popen.sentinel
         inner._target, inner._args, inner._kwargs = None, (), {}  # no cycle through payload
     except BaseException:
@@ -507,10 +512,10 @@ async def _launch_forkserver(context: Context, process: Process, daemon: bool) -
                 # retried.
                 popen.pid = await _read_pid(status_r)
                 await _write_all(data_w, buf.getbuffer())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - re-raised, as a SpawnError if we can
             if popen.finalizer is not None:
                 popen.finalizer()
-            raise _start_error(process, "forkserver", payload, exc) from exc
+            _raise_start_error(process, "forkserver", payload, exc)
         inner._popen = popen
         inner._sentinel = popen.sentinel
         inner._target, inner._args, inner._kwargs = None, (), {}  # no cycle through payload
@@ -571,7 +576,7 @@ def _result_pipe(process: Process, method: str, payload: Payload) -> tuple[int, 
     try:
         read_fd, write_fd = os.pipe()
     except OSError as exc:
-        raise _start_error(process, method, payload, exc) from exc
+        _raise_start_error(process, method, payload, exc)
     _note_fd(max(read_fd, write_fd))
     return read_fd, write_fd
 
@@ -639,17 +644,17 @@ def _inner_process(
     )
 
 
-def _start_error(
+def _raise_start_error(
     process: Process, method: str, payload: Payload, exc: BaseException
-) -> BaseException:
-    """The error a failed start raises: a SpawnError that says why, where we can tell."""
+) -> NoReturn:
+    """Raise what a failed start raises: a SpawnError that says why, where we can tell."""
     if payload.error is not None:
-        return _pickling_error(process, method, payload.error)
+        raise _pickling_error(process, method, payload.error) from exc
     if isinstance(exc, (OSError, EOFError, TimeoutError, anyio.BrokenResourceError)):
-        return SpawnError(
+        raise SpawnError(
             f"could not start {process.name!r} ({method}): {type(exc).__name__}: {exc}{_hint(exc)}"
-        )
-    return exc
+        ) from exc
+    raise exc
 
 
 def _is_open(fd: int) -> bool:

@@ -185,9 +185,11 @@ class Process:
     async def start(self) -> None:
         """Start the child; returns once it runs (its bootstrap is done) and ``pid`` is known.
 
-        The blocking part runs in one of aioproc's own start threads. If this task is cancelled
-        after the child was created, the child is killed and reaped before the cancellation
-        propagates.
+        The target, its arguments and the Process object are pickled here (except under the
+        fork start method). Nothing blocks the event loop: forkserver starts talk to the fork
+        server from it, spawn and fork starts run in one of aioproc's own start threads. If
+        this task is cancelled after the child was created, the child is killed and reaped
+        before the cancellation propagates.
         """
         await self._start(None)
 
@@ -398,8 +400,7 @@ class Process:
         kind = bytes(frame[:1]) if frame is not None else b""
         body = memoryview(frame)[1:] if frame is not None else memoryview(b"")
         self._decoded = True
-        lost = getattr(watcher.handle, "status_lost", False)
-        if kind == Kind.VALUE and (exitcode == 0 or self._stopping or lost):
+        if kind == Kind.VALUE and (exitcode == 0 or self._stopping or watcher.handle.status_lost):
             # It returned; a stop that came after that does not take the value away, nor
             # does a fork server that died with the child's exit status (reported as 255).
             try:
