@@ -136,9 +136,10 @@ class ProcessGroup:
         """Iterate over children's exits as :class:`ExitEvent`, in the order they exited.
 
         Each iterator gets every event once, including those of children that exited before
-        it began (the group keeps every child and its event for as long as it lives). It ends when every child spawned so far has exited -- or, with
-        ``follow=True``, only once the group has closed: the way for a long-running program
-        that keeps spawning to follow exits, from a task outside the ``async with`` block::
+        it began (the group keeps every child and its event for as long as it lives). It ends
+        when every child spawned so far has exited -- or, with ``follow=True``, only once the
+        group has closed: the way for a long-running program that keeps spawning to follow
+        exits, from a task outside the ``async with`` block::
 
             async with anyio.create_task_group() as tg:
                 async with aioproc.open_group() as group:
