@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import logging
 import multiprocessing
 import os
 import pickle
@@ -49,6 +48,8 @@ from ._wire import Kind
 # side's machinery (anyio, the launcher, the watcher, attrs for events), which would double a
 # spawn child's start-up time. Methods that run in the parent import those when they run.
 if TYPE_CHECKING:
+    import logging
+
     from ._events import ExitEvent
     from ._launcher import Context
     from ._watch import Watcher
@@ -65,7 +66,14 @@ __all__ = [
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
 
-logger = logging.getLogger("aioproc.process")
+
+def _logger() -> logging.Logger:
+    # Imported when first needed: a child imports this module and rarely logs (logging's
+    # import is a tenth of a spawn child's start-up).
+    import logging
+
+    return logging.getLogger("aioproc.process")
+
 
 #: Seconds between SIGTERM and SIGKILL when aioproc stops a child.
 DEFAULT_GRACE = 5.0
@@ -215,7 +223,7 @@ class Process:
             self._pid = handle.pid
             watcher = self._watcher = Watcher(handle, self._finished)
             _live.add(self)
-            logger.debug("started %s", self._label)
+            _logger().debug("started %s", self._label)
             try:
                 await watcher.until(lambda: watcher.ready or watcher.finished)
                 if watcher.load_error is not None or not watcher.ready:
@@ -272,7 +280,7 @@ class Process:
         # Set before the signal goes (the exit may be seen at once), cleared if it found the
         # child already gone: a child that ended on its own was not stopped.
         stopping, self._stopping = self._stopping, True
-        logger.debug("sending %s to %s", signum.name, self._label)
+        _logger().debug("sending %s to %s", signum.name, self._label)
         if not watcher.handle.signal(signum):
             self._stopping = stopping
 
@@ -321,11 +329,11 @@ class Process:
                 _kill_group(pgid)
             raise
         if watcher.finished:
-            logger.warning(
+            _logger().warning(
                 "descendants of %s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace
             )
         else:
-            logger.warning("%s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace)
+            _logger().warning("%s ignored SIGTERM for %.1f s; sending SIGKILL", self._label, grace)
         self.kill()
         _kill_group(pgid)
         with anyio.CancelScope(shield=True):
@@ -457,6 +465,9 @@ class Process:
     def _finished(self) -> None:
         """The watcher saw the exit and released the child's fds."""
         _live.discard(self)
+        import logging
+
+        logger = _logger()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s", self._label, describe_exit(self.exitcode or 0))
 
@@ -614,12 +625,12 @@ def _finish_children_at_exit() -> None:
     try:
         waiting = [p for p in running if not p.daemon]
         if waiting:
-            logger.debug("waiting for %d non-daemonic children at exit", len(waiting))
+            _logger().debug("waiting for %d non-daemonic children at exit", len(waiting))
         while waiting:
             time.sleep(0.005)
             waiting = [p for p in waiting if p.is_alive()]
     except KeyboardInterrupt:
-        logger.warning("interrupted while waiting for children at exit: stopping them")
+        _logger().warning("interrupted while waiting for children at exit: stopping them")
     running = [p for p in running if p.is_alive()]
     for p in running:
         p.terminate()
@@ -628,7 +639,7 @@ def _finish_children_at_exit() -> None:
         time.sleep(0.005)
         running = [p for p in running if p.is_alive()]
     for p in running:
-        logger.warning("%s ignored SIGTERM at interpreter exit; sending SIGKILL", p._label)
+        _logger().warning("%s ignored SIGTERM at interpreter exit; sending SIGKILL", p._label)
         p.kill()
     deadline = time.monotonic() + DEFAULT_GRACE  # SIGKILL cannot be ignored; this is a bound
     while running and time.monotonic() < deadline:

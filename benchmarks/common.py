@@ -23,7 +23,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 #: The repository root (benchmarks/..): children import ``benchmarks.targets`` from it.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,17 +138,17 @@ def alternate(scenario: str, case: str, cases: list[Case], reps: int) -> list[Ro
 # --- probes ------------------------------------------------------------------------------
 
 
-def proc_status(field: str) -> int:
-    """An integer field of /proc/self/status (``Threads``; ``VmRSS`` in KiB)."""
-    with open("/proc/self/status") as f:
+def proc_status(field: str, pid: int | str = "self") -> int:
+    """An integer field of /proc/PID/status (``Threads``; ``VmRSS`` in KiB)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
 
 
-def threads() -> int:
-    return proc_status("Threads")
+def threads(pid: int | str = "self") -> int:
+    return proc_status("Threads", pid)
 
 
 def rss_kib() -> int:
@@ -186,11 +186,12 @@ class ThreadSampler:
     measurably added 1-2 ms to the event-loop lag p99 of the storm it watched. Sampled from
     outside, a loop frozen by a blocking ``start()`` is still seen. ``reset()`` takes the
     baseline (the count at that moment, read directly); ``extra`` is the peak since then minus
-    the baseline, and ends the sampling.
+    the baseline, and ends the sampling. ``pid``: sample that process instead of this one.
     """
 
-    def __init__(self, interval: float = 0.002) -> None:
+    def __init__(self, interval: float = 0.002, pid: int | None = None) -> None:
         self.interval = interval
+        self.pid = os.getpid() if pid is None else pid
         self.baseline = 0
         self._since = 0.0
         self._extra: int | None = None
@@ -198,7 +199,7 @@ class ThreadSampler:
 
     def __enter__(self) -> ThreadSampler:
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _SAMPLER, str(os.getpid()), str(self.interval)],
+            [sys.executable, "-I", "-S", "-c", _SAMPLER, str(self.pid), str(self.interval)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -215,7 +216,7 @@ class ThreadSampler:
 
     def reset(self) -> None:
         """Start counting from now: the current count is the baseline."""
-        self.baseline = threads()
+        self.baseline = threads(self.pid)
         self._since = time.monotonic()
 
     def _stop(self) -> list[tuple[float, int]]:
@@ -228,10 +229,65 @@ class ThreadSampler:
     @property
     def extra(self) -> int:
         if self._extra is None:
-            now = threads()
+            try:
+                now = [threads(self.pid)]
+            except OSError:  # another process, gone by now: its samples say it all
+                now = []
             samples = [n for t, n in self._stop() if t >= self._since]
-            self._extra = max(0, max([now, *samples]) - self.baseline)
+            self._extra = max(0, max([*now, *samples], default=0) - self.baseline)
         return self._extra
+
+
+OBSERVER = os.path.join(ROOT, "benchmarks", "observer.py")
+
+
+class Observer:
+    """The other process that stamps the kernel's report of each exit (``observer.py``)."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        #: pid -> whether the observer watched it from before its exit.
+        self.watching: dict[int, bool] = {}
+
+    def __enter__(self) -> Observer:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", OBSERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        if self._readline() != ["ready"]:
+            raise RuntimeError("the exit observer did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            self._proc.wait(timeout=10)
+            assert self._proc.stdout is not None
+            self._proc.stdout.close()
+
+    def _readline(self) -> list[str]:
+        assert self._proc is not None and self._proc.stdout is not None
+        stdout: IO[bytes] = self._proc.stdout
+        return stdout.readline().decode().split()
+
+    def watch(self, pid: int) -> None:
+        """Hand ``pid`` over; return once the observer holds its pidfd (or cannot)."""
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(f"{pid}\n".encode())
+        self._proc.stdin.flush()
+        answer = self._readline()
+        if answer[1:] != [str(pid)]:
+            raise RuntimeError(f"the exit observer answered {answer!r} for {pid}")
+        self.watching[pid] = answer[0] == "watching"
+
+    def exited(self, pid: int) -> int | None:
+        """When the observer saw ``pid`` exit (``monotonic_ns``); None if it came too late."""
+        if not self.watching.pop(pid):
+            return None
+        answer = self._readline()
+        if answer[:2] != ["exited", str(pid)]:
+            raise RuntimeError(f"the exit observer answered {answer!r} for {pid}")
+        return int(answer[2])
 
 
 def _children_of(pid: int) -> set[int]:

@@ -1,7 +1,8 @@
 """Scenario 1, the storm: N children of 0.5 s started at once from N tasks.
 
 A 1 ms ticker task measures the event loop's lag all the while (p50, p99, max over ticks);
-a sampler thread counts the parent's OS threads (peak minus the count just before the storm).
+a sampler process counts the parent's OS threads (peak minus the count just before the storm),
+and the parent's CPU time (user + system, all its threads) over the storm is divided by N.
 Each child's start latency runs from the moment the storm began (every child is asked for at
 once) until the library says the child runs (``start()`` returned), or, for worker pools,
 until the target began (it returns its own ``time.monotonic_ns()``): a library that blocks
@@ -19,6 +20,7 @@ from typing import Any
 from benchmarks import targets
 from benchmarks.common import (
     METHOD,
+    ROOT,
     Case,
     LagTrace,
     Row,
@@ -77,19 +79,23 @@ async def _storm(n: int, seconds: float, make: Callable[[Storm], Any]) -> dict[s
             await anyio.sleep(0.05)  # the ticker settles
             async with make(storm) as task:
                 sampler.reset()
+                cpu0 = _cpu_s()
                 storm.begin()
                 t0 = storm.t0
                 async with anyio.create_task_group() as tg:
                     for i in range(n):
                         tg.start_soon(task, i, storm)
                 t1 = time.perf_counter()
+                cpu = _cpu_s() - cpu0
                 extra = sampler.extra
             outer.cancel_scope.cancel()
     window = trace.window(t0, t1)
     metrics = lag_metrics(window)
     metrics.update(
+        threads_before=sampler.baseline,
         threads_extra=extra,
         wall_s=t1 - t0,
+        cpu_ms_per_child=cpu / n * 1e3,
         start_p50_ms=pct(storm.starts, 50) * 1e3,
         start_max_ms=max(storm.starts, default=float("nan")) * 1e3,
         bad_exits=storm.bad_exits,
@@ -97,6 +103,14 @@ async def _storm(n: int, seconds: float, make: Callable[[Storm], Any]) -> dict[s
         _starts=[round(s * 1e3, 3) for s in storm.starts],
     )
     return metrics
+
+
+def _cpu_s() -> float:
+    """This process's CPU time so far (user + system, every thread), in seconds."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _simple(task: Task) -> Callable[[Storm], Any]:
@@ -233,36 +247,50 @@ async def _control(n: int, seconds: float) -> dict[str, Any]:
     """The ticker alone, while *another* process runs the same aioproc storm.
 
     What the children's start-up (and the rest of the machine) costs a loop that does nothing
-    else: CPU contention on a small machine, which no library in this process can avoid.
+    else: CPU contention on a small machine, which no library in this process can avoid. The
+    other process runs exactly what the aioproc [asyncio] rows run (:func:`_aioproc` from N
+    tasks, on a warm fork server of its own); its OS threads are sampled the same way (the
+    sampler's own CPU use is part of both), and it reports its CPU time per child.
     """
     import sys
 
     import anyio
 
-    from benchmarks.common import ROOT
-
     trace = LagTrace()
     marks: dict[str, float] = {}
+    words: dict[str, list[str]] = {}
+    extra = 0
     async with anyio.create_task_group() as tg:
         tg.start_soon(trace.run)
         await anyio.sleep(0.05)
         cmd = [sys.executable, "-m", "benchmarks.storm", "--external", str(n), str(seconds)]
         async with await anyio.open_process(cmd, cwd=ROOT, stderr=None) as proc:
             assert proc.stdout is not None
-            buffer = b""
-            async for chunk in proc.stdout:
-                buffer += chunk
-                for word in (b"start", b"end"):
-                    if word + b"\n" in buffer and word.decode() not in marks:
-                        marks[word.decode()] = time.perf_counter()
+            with ThreadSampler(pid=proc.pid) as sampler:
+                buffer = b""
+                async for chunk in proc.stdout:
+                    buffer += chunk
+                    *lines, rest = buffer.split(b"\n")
+                    buffer = rest
+                    for line in lines:
+                        word, *values = line.decode().split()
+                        if word == "start":
+                            sampler.reset()
+                        elif word == "end":
+                            extra = sampler.extra
+                        marks[word] = time.perf_counter()
+                        words[word] = values
             code = await proc.wait()
         tg.cancel_scope.cancel()
-    if code != 0 or len(marks) != 2:
+    if code != 0 or not {"start", "end", "cpu"} <= set(marks):
         raise RuntimeError(f"the external storm failed (exit code {code})")
     window = trace.window(marks["start"], marks["end"])
     metrics = lag_metrics(window)
     metrics.update(
+        threads_before=sampler.baseline,
+        threads_extra=extra,
         wall_s=marks["end"] - marks["start"],
+        cpu_ms_per_child=float(words["cpu"][0]) / n * 1e3,
         _lag=[(round(t, 5), round(lag * 1e3, 4)) for t, lag in window],
     )
     return metrics
@@ -280,10 +308,13 @@ def _external(n: int, seconds: float) -> None:
         await aioproc.run(targets.noop)  # a warm fork server, as in this process
         print("start", flush=True)
         storm = Storm(n, seconds)
+        cpu0 = _cpu_s()
         async with anyio.create_task_group() as tg:
             for i in range(n):
                 tg.start_soon(_aioproc, i, storm)
+        cpu = _cpu_s() - cpu0
         print("end", flush=True)
+        print(f"cpu {cpu}", flush=True)
         if storm.bad_exits:
             sys.exit(1)
 
@@ -368,6 +399,65 @@ def cases(n: int, seconds: float) -> list[Case]:
     return out
 
 
+#: The fd-table probe (a fresh interpreter): opens pipes until fd 4,200, timing each
+#: ``os.pipe()``, with or without a second thread alive; prints the calls that took over 1 ms
+#: (their read fd and duration) and the slowest, as JSON.
+_FD_PROBE = """
+import json, os, sys, threading, time
+gate = threading.Event()
+if sys.argv[1] == "thread":
+    threading.Thread(target=gate.wait).start()
+slow, worst, fds = [], 0.0, []
+while not fds or fds[-1] < 4200:
+    t0 = time.perf_counter()
+    fds += os.pipe()
+    took = (time.perf_counter() - t0) * 1e3
+    worst = max(worst, took)
+    if took > 1:
+        slow.append((fds[-2], round(took, 3)))
+gate.set()
+print(json.dumps({"slow": slow, "max_ms": worst}))
+"""
+
+
+def _fd_probe(thread: bool) -> dict[str, Any]:
+    import json
+    import subprocess
+    import sys
+
+    mode = "thread" if thread else "alone"
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _FD_PROBE, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    return {
+        "pipe_max_ms": result["max_ms"],
+        "slow_calls": len(result["slow"]),
+        "_slow": result["slow"],
+    }
+
+
+def fd_table_cases() -> list[Case]:
+    """Why the fd table must grow off the loop: the kernel's cost of growing it."""
+    return [
+        Case(
+            f"os.pipe() up to fd 4,200, {label}",
+            "-",
+            "-",
+            functools.partial(_fd_probe, thread),
+            note=note,
+        )
+        for thread, label, note in (
+            (False, "single-threaded", "no other thread shares the fd table"),
+            (True, "a second thread alive", "expand_fdtable() waits for an RCU grace period"),
+        )
+    ]
+
+
 def idle_cases(seconds: float) -> list[Case]:
     return [
         Case(
@@ -391,6 +481,7 @@ def run(quick: bool) -> list[Row]:
         sizes = [(200, 3), (1000, 2)]
         seconds, idle = 0.5, 1.0
     rows = alternate("storm", "idle", idle_cases(idle), 1 if quick else 2)
+    rows += alternate("storm", "probe: fd-table growth", fd_table_cases(), 1 if quick else 2)
     for n, reps in sizes:
         rows += alternate("storm", f"N={n}", cases(n, seconds), reps)
     return rows

@@ -67,3 +67,18 @@ def wait_gate(gate: Any) -> None:
         gate.recv_bytes()
     except EOFError:
         pass
+
+
+def stamp(path: str, seconds: float) -> None:
+    """The breakdown's target: sleep, and write when it began and when it ended to ``path``.
+
+    Both stamps are ``time.monotonic_ns()``; the file is opened between them, so the write
+    itself (a few microseconds) falls after the end stamp, where every library pays it alike.
+    The sleep gives the parent time to have the child's exit watched by the exit observer.
+    """
+    began = time.monotonic_ns()
+    time.sleep(seconds)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    ended = time.monotonic_ns()
+    os.write(fd, f"{began} {ended}".encode())
+    os.close(fd)

@@ -81,8 +81,21 @@ def test_every_scenario_runs_and_writes_the_report(tmp_path: Path) -> None:
         # Every repetition produced figures, not just an empty dict.
         assert all(rep for r in rows for rep in r["reps"]), name
 
+    # The measurements the report's goals rest on are there (not only rows with some figures).
+    exits = [r for r in scenarios["exit"]["rows"] if _library(r["library"]) == "aioproc"]
+    assert all(rep["_from_kernel"] for r in exits for rep in r["reps"])
+    assert all(
+        "target_begins_ms" in rep and "exit_seen_ms" in rep
+        for r in scenarios["seq"]["rows"]
+        for rep in r["reps"]
+    )
+    control = [r for r in scenarios["storm"]["rows"] if r["library"].startswith("control")]
+    assert control and all("cpu_ms_per_child" in rep for r in control for rep in r["reps"])
+
     page = (out / "benchmarks.md").read_text()
     assert "## Goals" in page
+    assert "## Changes to aioproc measured here" in page
+    assert "bad reference" not in page and "{{" not in page
     for name in ("storm", "seq", "exit", "cancel", "scale"):
         assert f"### {_title_number(name)}." in page
     for png in ("benchmarks-storm-lag.png", "benchmarks-start-latency.png"):
