@@ -9,11 +9,11 @@ given is set up here, in one place.
 
 from __future__ import annotations
 
+import _thread
 import multiprocessing
 import os
 import pickle
 import signal
-import threading
 from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any
 
@@ -205,4 +205,7 @@ def _start_watchdog() -> None:
             os.killpg(0, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    threading.Thread(target=watch, name="aioproc-parent-watchdog", daemon=True).start()
+    # A bare thread: threading.Thread.start() waits until the new thread runs, which would
+    # delay the target; this one needs no Thread object (nothing joins it; the child leaves
+    # with os._exit) and starts while the target does.
+    _thread.start_new_thread(watch, ())

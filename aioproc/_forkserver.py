@@ -140,10 +140,10 @@ def _alive(server: Any) -> bool:
 
 
 class Unreachable(ConnectionError):
-    """The fork server went away before it made a child that can run: a start may be retried.
+    """The fork server went away before it made a child: a start may be retried.
 
-    That is: it refused the connection, hung up on the request, or died before it sent the
-    new child's pid -- before aioproc sends a child its data, without which it cannot run.
+    That is: it refused the connection, hung up on the request, or died with nothing holding
+    the new child's data pipe (so no child exists that could run the target).
     """
 
 

@@ -201,6 +201,13 @@ def _running(pid: int) -> bool:
         return True
 
 
+def _no_reader(fd: int) -> bool:
+    """Whether the pipe that ``fd`` writes to has no reader left (POLLERR on a write end)."""
+    poller = select.poll()
+    poller.register(fd, 0)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
 def _readable(fd: int) -> bool:
     # poll(), not select(): a parent with hundreds of children has fds above FD_SETSIZE.
     poller = select.poll()
@@ -509,12 +516,17 @@ async def _launch_forkserver(context: Context, process: Process, daemon: bool) -
                 # closed: the child's parent-death sentinel is its read end.
                 popen.sentinel = status_r
                 popen.finalizer = _util.Finalize(popen, _util.close_fds, (data_w, status_r))
-                # The pid first, then the data (multiprocessing does it the other way round):
-                # a server that dies before it sends a pid may or may not have forked, but a
-                # child that never gets its data never runs its target, so the start can be
-                # retried.
-                popen.pid = await _read_pid(status_r)
-                await _write_all(data_w, buf.getbuffer())
+                # The data first, so the child can read it as soon as it exists, then its pid.
+                try:
+                    await _write_all(data_w, buf.getbuffer())
+                    popen.pid = await _read_pid(status_r)
+                except (BrokenPipeError, EOFError) as exc:
+                    # The server went away mid-request. If nothing holds the other end of the
+                    # data pipe, it never forked: the start can be retried with a new server.
+                    # Otherwise a child may have our data, and must not be started twice.
+                    if _no_reader(data_w):
+                        raise _forkserver.Unreachable(f"the fork server went away ({exc})") from exc
+                    raise
         except BaseException as exc:  # noqa: BLE001 - re-raised, as a SpawnError if we can
             if popen.finalizer is not None:
                 popen.finalizer()
@@ -553,7 +565,7 @@ async def _read_pid(fd: int) -> int:
         await anyio.wait_readable(fd)
         chunk = os.read(fd, _SIGNED.size - len(data))
         if not chunk:
-            raise _forkserver.Unreachable("the fork server hung up before it sent a pid")
+            raise EOFError("the fork server hung up before it sent the child's pid")
         data += chunk
     pid: int = _SIGNED.unpack(data)[0]
     return pid
