@@ -12,8 +12,9 @@ children, threads and memory cannot colour the next one's figures, and a library
 or hangs costs one scenario, not the run. Inside a scenario, every library runs in the same
 process, alternating, repetition after repetition.
 
-The top of this file imports only the standard library: forkserver and spawn children, and
-anyio's process workers, import it again as ``__mp_main__``.
+The top of this file imports only the standard library and ``benchmarks.targets`` (itself
+standard library only): forkserver and spawn children, and anyio's process workers, import it
+again as ``__mp_main__``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.append(ROOT)
+
+# The module the children's targets live in, as a real program's main imports its workers'
+# module: a fork server that preloads the main module then has it, for every library alike
+# (they share one fork server). It imports only the standard library. Without it, this main
+# module's children imported it each, and the storm's control (whose main, benchmarks.storm,
+# imports it) had lighter children than the storm it is compared with.
+from benchmarks import targets as _targets  # noqa: E402, F401
 
 #: name -> module, in the order they run and appear in the report.
 SCENARIOS = {

@@ -36,6 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.append(ROOT)
 
+# The targets' module, as a real program's main imports the module its workers live in (so a
+# fork server that preloads the main module has it). It imports only the standard library.
+from benchmarks import targets as _targets  # noqa: E402, F401
+
 IMPORTS_ENV = "AIOPROC_BENCH_MAIN_IMPORTS"
 if os.environ.get(IMPORTS_ENV) == "heavy":
     import anyio  # noqa: F401
