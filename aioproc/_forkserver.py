@@ -303,7 +303,9 @@ def differences() -> tuple[tuple[bool, bool], dict[str, str] | None]:
         return (True, True), dict(os.environ)
     now = _stdio_ids()
     stdio = (now[0] != launched.stdio[0], now[1] != launched.stdio[1])
-    environ = None if _environ_data() == launched.environ else dict(os.environ)
+    # Compared in its raw form, without a copy: one C-level dict comparison per start.
+    same = getattr(os.environ, "_data", None) == launched.environ
+    environ = None if same else dict(os.environ)
     return stdio, environ
 
 

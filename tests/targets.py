@@ -526,3 +526,15 @@ def pr_fork_in_fork() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fork warning, known here
         return anyio.run(functools.partial(aioproc.run, return_value, 2, context="fork"))
+
+
+# --- test_inherit.py --------------------------------------------------------------------------
+
+
+def inh_print(out: str, err: str) -> None:
+    print(out, flush=True)
+    print(err, file=sys.stderr, flush=True)
+
+
+def inh_getenv(name: str) -> str | None:
+    return os.environ.get(name)
