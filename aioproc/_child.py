@@ -207,5 +207,12 @@ def _start_watchdog() -> None:
 
     # A bare thread: threading.Thread.start() waits until the new thread runs, which would
     # delay the target; this one needs no Thread object (nothing joins it; the child leaves
-    # with os._exit) and starts while the target does.
-    _thread.start_new_thread(watch, ())
+    # with os._exit) and starts while the target does. It is born with every signal blocked:
+    # a signal for the process that the kernel handed to it would not interrupt the main
+    # thread, whose Python handler (a SIGTERM handler, KeyboardInterrupt) would then wait
+    # until the main thread woke up by itself -- after a time.sleep(60), say.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        _thread.start_new_thread(watch, ())
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

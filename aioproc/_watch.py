@@ -42,6 +42,9 @@ STATUS_RETRY = 0.0005
 
 _FRAMES, _EXIT = "frames", "exit"
 
+#: A task waiting without leading: what it waits for, and the Event that wakes it.
+_Waiter = tuple[Callable[[], bool], anyio.Event]
+
 
 class _Poller:
     """The selector of every watched fd of one event loop, and who waits on it."""
@@ -55,11 +58,11 @@ class _Poller:
         self.stalled = False
         self.closed = False
 
-    async def wait(self, done: Callable[[], bool], waiters: list[anyio.Event]) -> None:
-        """Return after the next change of the watcher that ``done`` belongs to (or sooner)."""
+    async def wait(self, done: Callable[[], bool], waiters: list[_Waiter]) -> None:
+        """Return once ``done()`` holds, or when this task is to take over the lead."""
         if self.leading:
             event = anyio.Event()
-            waiters.append(event)
+            waiters.append((done, event))
             self.standby[event] = None
             try:
                 await event.wait()
@@ -126,7 +129,7 @@ class Watcher:
         self._on_finish = on_finish
         self._poller: _Poller | None = None
         self._registered: dict[int, str] = {}  # fd -> _FRAMES or _EXIT
-        self._waiters: list[anyio.Event] = []
+        self._waiters: list[_Waiter] = []
         #: True once READY (or LOAD_FAILED) arrived.
         self.ready = False
         #: The LOAD_FAILED traceback, if the child could not load its target.
@@ -221,9 +224,15 @@ class Watcher:
         self._notify()
 
     def _notify(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for event in waiters:
-            event.set()
+        # Wake only the tasks whose condition now holds: a waiter for the exit sleeps through
+        # READY and the result, instead of waking for each.
+        waiting = []
+        for done, event in self._waiters:
+            if done() or self.finished:
+                event.set()
+            elif not event.is_set():  # not woken to lead meanwhile
+                waiting.append((done, event))
+        self._waiters = waiting
 
     def _finish(self) -> None:
         # The child is gone, so everything it wrote is in the pipe: read it all now, without

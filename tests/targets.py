@@ -538,3 +538,19 @@ def inh_print(out: str, err: str) -> None:
 
 def inh_getenv(name: str) -> str | None:
     return os.environ.get(name)
+
+
+# --- test_faults.py (signals) -----------------------------------------------------------------
+
+
+def flt_blocked_signals_of_other_threads() -> list[int]:
+    """The signals blocked by each thread of this process other than the main one."""
+    masks = []
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == os.getpid():
+            continue
+        with open(f"/proc/self/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("SigBlk:"):
+                    masks.append(int(line.split()[1], 16))
+    return masks
