@@ -16,7 +16,7 @@ Where to read on (each module owns one idea):
 - ``_watch.py``    exit watching: one watcher per child feeds every waiter
 - ``_launcher.py`` the seam that makes processes (multiprocessing today), start methods
 - ``_forkserver.py`` the fork server, started by aioproc so that its preload works
-- ``_child.py``    the child-side bootstrap: fds, process group, watchdog, result
+- ``_child.py``    the child-side bootstrap: fds, process group, parent-death guard, result
 - ``_wire.py``     the frame pipe between child and parent
 - ``_events.py``   ``ExitEvent``
 - ``_errors.py``   every error, and how a child's exception is rebuilt in the parent

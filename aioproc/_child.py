@@ -2,17 +2,19 @@
 
 ``bootstrap`` is the target of the multiprocessing process that carries an aioproc child. In
 order, it: takes the parent's stdout, stderr and environment (forkserver), becomes the leader
-of its own process group, loads the Process object, reports READY, starts the parent-death
-watchdog, runs ``Process.run()`` and sends back its value or its exception. Every fd the child is
-given is set up here, in one place.
+of its own process group, loads the Process object, reports READY, arms the parent-death guard
+(:func:`guard_parent`), runs ``Process.run()`` and sends back its value or its exception. Every
+fd the child is given is set up here, in one place.
 """
 
 from __future__ import annotations
 
 import _thread
+import fcntl
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any
@@ -93,7 +95,9 @@ Inherit = tuple[InheritedFd | None, InheritedFd | None, dict[str, str] | None]
 # --- the bootstrap ----------------------------------------------------------------------------
 
 
-def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) -> None:
+def bootstrap(
+    payload: Payload, result: InheritedFd, inherit: Inherit | None, liveness: InheritedFd
+) -> None:
     global current
     fd = result.fd
     if inherit is not None:
@@ -125,9 +129,13 @@ def bootstrap(payload: Payload, result: InheritedFd, inherit: Inherit | None) ->
     process._become_current()
     current = process
     write_frame(fd, Kind.READY)
-    # After READY, which it would only delay: if the parent is already gone by now, the
-    # watchdog sees that at once. It is running before the target is.
-    _start_watchdog()
+    if _poll(fd, 0) & select.POLLERR:
+        # Nobody reads our frames: the parent gave up on this start (its fork server died
+        # before it could report our pid, so the start failed). Run nothing.
+        raise SystemExit(1)
+    # After READY, which it would only delay: a parent that is already gone by now is seen
+    # at once. The guard is armed before the target runs.
+    guard_parent(liveness.fd)
     try:
         value = process.run()
     except SystemExit:
@@ -181,12 +189,61 @@ def _exception_record(exc: BaseException) -> ExceptionRecord:
     return data, name, message, tb, why
 
 
-def _start_watchdog() -> None:
-    """End this child and its process group as soon as the parent process dies.
+def guard_parent(liveness: int) -> None:
+    """End this child and its process group as soon as the parent process dies, however.
 
-    Waits on multiprocessing's parent sentinel, a pipe whose other end only the parent holds:
-    it works for every start method and for SIGKILL, unlike PR_SET_PDEATHSIG, which follows
-    the parent's *thread* and does nothing under forkserver (pitfall 11).
+    ``liveness`` is the read end of the parent's liveness pipe, whose write end only the
+    parent holds and nobody ever writes to. Through a file description of its own on that
+    pipe, the child asks the kernel for a SIGKILL to its process group when the pipe's last
+    writer goes (``O_ASYNC`` with ``F_SETSIG``, ``F_SETOWN``): the kernel sends it while it
+    tears down the dead parent, whatever the child is doing -- sleeping, stopped, or holding
+    the GIL in C code. No thread, no Python code runs for it; it also works for every start
+    method and for SIGKILL, unlike PR_SET_PDEATHSIG, which follows the parent's *thread* and
+    does nothing under forkserver (pitfall 11).
+
+    (Not multiprocessing's own parent sentinel: the parent writes the child's data to that
+    pipe, and the kernel signals its readers after each write, so the tail of a write still
+    under way could kill a child that has already read the data and armed.)
+
+    Where that cannot be armed (no ``F_SETSIG`` outside Linux, no ``/proc``), a watchdog
+    thread waits on multiprocessing's parent sentinel instead.
+    """
+    try:
+        # A file description of our own: F_SETOWN belongs to the description, and the one
+        # we were given is shared with the parent and with every sibling.
+        own = os.open(f"/proc/self/fd/{liveness}", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        own = -1
+    os.close(liveness)
+    if own >= 0:
+        try:
+            fcntl.fcntl(own, fcntl.F_SETSIG, signal.SIGKILL)
+            fcntl.fcntl(own, fcntl.F_SETOWN, -os.getpid())  # negative: our process group
+            fcntl.fcntl(own, fcntl.F_SETFL, fcntl.fcntl(own, fcntl.F_GETFL) | os.O_ASYNC)
+        except (AttributeError, OSError):
+            os.close(own)
+        else:
+            # Kept for our whole life, through exec() too: closing it disarms the guard.
+            os.set_inheritable(own, True)
+            if _poll(own, select.POLLIN) & select.POLLHUP:
+                # The parent died before we armed: nothing will fire now.
+                os.killpg(0, signal.SIGKILL)
+            return
+    _start_watchdog()
+
+
+def _poll(fd: int, events: int) -> int:
+    """The events of ``fd`` now (POLLERR, POLLHUP come whether asked for or not)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return sum(revents for _, revents in poller.poll(0))
+
+
+def _start_watchdog() -> None:
+    """The fallback of :func:`guard_parent`: a thread that waits for the parent's death.
+
+    It waits on multiprocessing's parent sentinel, a pipe whose other end only the parent
+    holds, and SIGKILLs the child's process group when it reads EOF.
     """
     parent = multiprocessing.parent_process()
     if parent is None:  # pragma: no cover - only when run outside multiprocessing
@@ -194,8 +251,6 @@ def _start_watchdog() -> None:
     sentinel = parent.sentinel
 
     def watch() -> None:
-        import select
-
         # poll(), not select(): a fork child inherits its parent's fd numbers, which can be
         # above select()'s FD_SETSIZE in a parent with hundreds of children.
         poller = select.poll()

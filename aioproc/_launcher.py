@@ -42,7 +42,7 @@ from ._errors import SpawnError
 if TYPE_CHECKING:
     from ._process import Process
 
-__all__ = ["Handle", "default_context", "launch", "resolve_context"]
+__all__ = ["BootSlot", "Handle", "default_context", "launch", "resolve_context"]
 
 logger = logging.getLogger("aioproc.launcher")
 
@@ -219,7 +219,8 @@ class LocalHandle:
     """A child started by :mod:`multiprocessing`, with aioproc owning its reaping.
 
     Three fds per child: the frame pipe, one fd for the exit, and multiprocessing's
-    parent-death pipe (the child's watchdog waits on its other end).
+    parent-death pipe (``multiprocessing.parent_process()`` in the child watches its other
+    end; aioproc's own guard uses one liveness pipe for all children, ``_liveness``).
 
     - fork, spawn: the exit is watched on a pidfd, which fires when the child is gone,
       whoever holds its sentinel pipe (pitfall 7), and waitpid() has the status by then
@@ -345,9 +346,9 @@ _ORPHAN_STATUS = 255
 
 #: Serialises fork starts. A fork child copies every fd of its parent, the pipes of a sibling
 #: that the other start thread is starting at that moment included: two children holding each
-#: other's parent-death pipe kept each other's watchdog from seeing EOF and both outlived a
-#: SIGKILLed parent. In sequence a child can hold only pipes of siblings started before it, so
-#: the newest one dies first and the others follow (no cycle).
+#: other's parent-death pipe kept each other from seeing their parent die (when a watchdog
+#: thread waited on that pipe) and both outlived a SIGKILLed parent. In sequence a child can
+#: hold only pipes of siblings started before it, and closes those (``_child.py``).
 _FORK_LOCK = threading.Lock()
 
 
@@ -364,18 +365,8 @@ os.register_at_fork(after_in_child=_new_fork_lock)
 #: low even in a storm of starts (pitfall 5); more only add GIL contention. Not anyio's default
 #: limiter, which web frameworks share with their sync endpoints.
 START_THREADS = 2
-#: Forkserver starts in flight at once. The server forks one child at a time anyway; more in
-#: flight only make more children boot at once, and they take the CPU from the event loop.
-#: Measured in a storm of 200 starts on 2 cores: with 4 in flight the loop's lag was p99 4.6 ms
-#: and max 8 ms, with 1 p99 1.9 ms and max 3.5 ms, for the same 0.35 s to start them all
-#: (a storm of 1,000 takes 12% longer).
-START_IN_FLIGHT = 1
-
 _thread_limiter: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
     "aioproc_thread_limiter"
-)
-_flight_limiter: anyio.lowlevel.RunVar[anyio.Semaphore] = anyio.lowlevel.RunVar(
-    "aioproc_flight_limiter"
 )
 
 
@@ -388,13 +379,53 @@ def _limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
-def _in_flight() -> anyio.Semaphore:
+#: How long a starting child may hold its boot slot (below) before it counts as started for
+#: pacing: a child that hangs while it boots (its main module waits for input at import) must
+#: not hold up every other start for long. Forkserver children boot in 1-3 ms here, spawn
+#: children in 25-60 ms.
+BOOT_SLOT_SECONDS = 0.1
+
+_boot_slots: anyio.lowlevel.RunVar[anyio.Semaphore] = anyio.lowlevel.RunVar("aioproc_boot_slots")
+
+
+def _usable_cpus() -> int:
     try:
-        return _flight_limiter.get()
-    except LookupError:
-        semaphore = anyio.Semaphore(START_IN_FLIGHT)
-        _flight_limiter.set(semaphore)
-        return semaphore
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+class BootSlot:
+    """A place among the children booting at once, from the start request until READY.
+
+    There are as many places as usable CPUs minus one (at least one): however many starts
+    are asked for at once, children booting (a fork, unpickling, imports: CPU work) never
+    take every CPU from the event loop. Measured in a storm of 200 starts on 2 cores: with
+    every child free to boot at once, the loop's lag was p99 2.3-2.6 ms (1 ms ticker); with
+    one at a time, p99 1.4-2.1 ms, for 200 starts in 0.55 s instead of 0.35 s. A start
+    asked for alone is not slowed at all.
+    """
+
+    def __init__(self) -> None:
+        try:
+            self._slots = _boot_slots.get()
+        except LookupError:
+            self._slots = anyio.Semaphore(max(1, _usable_cpus() - 1))
+            _boot_slots.set(self._slots)
+        self._held = False
+
+    async def __aenter__(self) -> BootSlot:
+        await self._slots.acquire()
+        self._held = True
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
 
 
 #: File descriptors one start may need at once (its pipes, the fork server's socket, a pidfd,
@@ -441,9 +472,8 @@ async def launch(context: Context, process: Process, daemon: bool) -> LocalHandl
             await anyio.to_thread.run_sync(_forkserver.ensure_running, limiter=_limiter())
         server = _forkserver.server_pid()
         try:
-            async with _in_flight():
-                with anyio.CancelScope(shield=True):
-                    return await _launch_forkserver(context, process, daemon)
+            with anyio.CancelScope(shield=True):
+                return await _launch_forkserver(context, process, daemon)
         except SpawnError as exc:
             if server is None or not isinstance(exc.__cause__, _forkserver.Unreachable):
                 raise
@@ -452,9 +482,8 @@ async def launch(context: Context, process: Process, daemon: bool) -> LocalHandl
         assert server is not None
         logger.warning("the fork server (pid %d) is gone: starting a new one", server)
         await anyio.to_thread.run_sync(_forkserver.restart, server, limiter=_limiter())
-        async with _in_flight():
-            with anyio.CancelScope(shield=True):
-                return await _launch_forkserver(context, process, daemon)
+        with anyio.CancelScope(shield=True):
+            return await _launch_forkserver(context, process, daemon)
     # multiprocessing leaks what it has made when it runs out of fds half-way through a
     # start (our own forkserver client makes every fd first, so it needs no such check).
     _check_fds(process, method)
@@ -470,10 +499,18 @@ def _launch_blocking(context: Context, process: Process, daemon: bool) -> LocalH
         _forkserver.ensure_running()
         inherit = _inherit()
     payload = Payload(process)
-    read_fd, write_fd = _result_pipe(process, method, payload)
-    try:
-        inner = _inner_process(context, process, daemon, payload, write_fd, inherit)
-        with _FORK_LOCK if method == "fork" else contextlib.nullcontext():
+    # Fork starts hold the lock until the parent's copies of the new child's fds are closed:
+    # a sibling forked meanwhile would inherit them.
+    with _FORK_LOCK if method == "fork" else contextlib.nullcontext():
+        read_fd, write_fd = _result_pipe(process, method, payload)
+        fork_copy: int | None = None
+        try:
+            liveness = _liveness_fd(process, method, payload)
+            if method == "fork":
+                # A fork child inherits this fd by number, and _forget_liveness() closes the
+                # module's own copy in it at fork: it gets a copy of its own.
+                liveness = fork_copy = _dup(process, method, payload, liveness)
+            inner = _inner_process(context, process, daemon, payload, write_fd, inherit, liveness)
             try:
                 # multiprocessing's start() minus two steps: _cleanup(), which polls every
                 # child of the program with waitpid, and adding the child to the list it
@@ -482,14 +519,23 @@ def _launch_blocking(context: Context, process: Process, daemon: bool) -> LocalH
                 inner._popen = inner._Popen(inner)
             except BaseException as exc:  # noqa: BLE001 - re-raised, as a SpawnError if we can
                 _raise_start_error(process, method, payload, exc)
-        inner._sentinel = inner._popen.sentinel
-        inner._target, inner._args, inner._kwargs = None, (), {}  # no cycle through payload
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        os.close(write_fd)
+            inner._sentinel = inner._popen.sentinel
+            inner._target, inner._args, inner._kwargs = None, (), {}  # no cycle via payload
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+            if fork_copy is not None:
+                os.close(fork_copy)
     return LocalHandle(inner, read_fd)
+
+
+def _dup(process: Process, method: str, payload: Payload, fd: int) -> int:
+    try:
+        return os.dup(fd)
+    except OSError as exc:
+        _raise_start_error(process, method, payload, exc)
 
 
 async def _launch_forkserver(context: Context, process: Process, daemon: bool) -> LocalHandle:
@@ -497,7 +543,8 @@ async def _launch_forkserver(context: Context, process: Process, daemon: bool) -
     payload = Payload(process)
     read_fd, write_fd = _result_pipe(process, "forkserver", payload)
     try:
-        inner = _inner_process(context, process, daemon, payload, write_fd, _inherit())
+        liveness = _liveness_fd(process, "forkserver", payload)
+        inner = _inner_process(context, process, daemon, payload, write_fd, _inherit(), liveness)
         popen: Any = popen_forkserver.Popen.__new__(popen_forkserver.Popen)
         popen.returncode, popen.finalizer, popen._fds = None, None, []
         try:
@@ -649,14 +696,52 @@ def _inner_process(
     payload: Payload,
     write_fd: int,
     inherit: _child.Inherit | None,
+    liveness: int,
 ) -> Any:
     """The multiprocessing process that carries ``process``: its target is our bootstrap."""
     return context.Process(  # type: ignore[attr-defined]
         target=_child.bootstrap,
-        args=(payload, InheritedFd(write_fd), inherit),
+        args=(payload, InheritedFd(write_fd), inherit, InheritedFd(liveness)),
         name=process.name,
         daemon=daemon,
     )
+
+
+# --- the parent's liveness pipe ----------------------------------------------------------------
+
+#: This process's liveness pipe, (read end, write end), made at its first start. Nothing is
+#: ever written to it: its write end closes when this process ends, however it ends, and the
+#: kernel then SIGKILLs every child that armed a reader of it (``_child.guard_parent``).
+_liveness: tuple[int, int] | None = None
+_liveness_lock = threading.Lock()  # starts run in two start threads as well as on the loop
+
+
+def _liveness_fd(process: Process, method: str, payload: Payload) -> int:
+    """The read end of the liveness pipe, which every child is given."""
+    global _liveness
+    with _liveness_lock:
+        if _liveness is None:
+            try:
+                _liveness = os.pipe()
+            except OSError as exc:
+                _raise_start_error(process, method, payload, exc)
+        return _liveness[0]
+
+
+def _forget_liveness() -> None:
+    # A fork of this process (a fork start, or the user's os.fork()) must not hold the write
+    # end: it would keep this process "alive" for our children. It makes its own pipe if it
+    # starts children. (A fork start's child gets its own copy of the read end, see below.)
+    global _liveness, _liveness_lock
+    if _liveness is not None:
+        for fd in _liveness:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _liveness = None
+    _liveness_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_liveness)
 
 
 def _raise_start_error(

@@ -4,12 +4,13 @@
 
     parent (event loop)                                      child
     ───────────────────                                      ─────
-    await p.start()
+    await p.start()          (a boot slot: at most CPUs - 1 children boot at once)
       └─ launch() (_launcher.py) pickles the Process
            forkserver: on the loop ── fds + data ──▶ fork server ── fork ──▶ bootstrap()
            spawn, fork: in one of 2 start threads ───────────────────────▶  (_child.py):
-                                                                            setpgid, watchdog,
+                                                                            setpgid,
       ◀── READY ──────────────────── frame pipe ───────────────────────── load Process, READY
+    the liveness pipe's write end ┄┄ parent dies: the kernel SIGKILLs ┄┄▶ guard armed
     await p.wait() / result() / group watcher                               p.run()
       └─ Watcher (_watch.py): one task reads  ◀── frames ──────────────── VALUE / RAISED /
          the frame pipe and awaits the exit   ◀── pidfd / status ──────── exit(code)
@@ -213,26 +214,30 @@ class Process:
             )
         import anyio
 
-        from ._launcher import default_context, launch
+        from ._launcher import BOOT_SLOT_SECONDS, BootSlot, default_context, launch
         from ._watch import Watcher
 
         context = self._context or default or default_context()
         self._starting = True
         try:
-            handle = await launch(context, self, self._daemon)
-            self._pid = handle.pid
-            watcher = self._watcher = Watcher(handle, self._finished)
-            _live.add(self)
-            _logger().debug("started %s", self._label)
-            try:
-                await watcher.until(lambda: watcher.ready or watcher.finished)
-                if watcher.load_error is not None or not watcher.ready:
-                    await watcher.until(lambda: watcher.finished)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    self.kill()
-                    await watcher.until(lambda: watcher.finished)
-                raise
+            async with BootSlot() as slot:
+                handle = await launch(context, self, self._daemon)
+                self._pid = handle.pid
+                watcher = self._watcher = Watcher(handle, self._finished)
+                _live.add(self)
+                _logger().debug("started %s", self._label)
+                try:
+                    with anyio.move_on_after(BOOT_SLOT_SECONDS):
+                        await watcher.until(lambda: watcher.ready or watcher.finished)
+                    slot.release()  # booted, or slow to: the next start may go
+                    await watcher.until(lambda: watcher.ready or watcher.finished)
+                    if watcher.load_error is not None or not watcher.ready:
+                        await watcher.until(lambda: watcher.finished)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        self.kill()
+                        await watcher.until(lambda: watcher.finished)
+                    raise
         finally:
             self._starting = False
         if watcher.load_error is not None:

@@ -24,7 +24,7 @@ _CHUNK = 1 << 18
 class Kind:
     """The kind byte that starts each frame."""
 
-    READY = b"R"  # bootstrap done: own process group, watchdog, target loaded
+    READY = b"R"  # bootstrap done: own process group, target loaded
     LOAD_FAILED = b"L"  # the target could not be loaded in the child; body: traceback text
     VALUE = b"V"  # the target returned; body: pickled value
     RAISED = b"E"  # the target raised; body: pickled (data, type name, message, traceback)

@@ -7,10 +7,14 @@ KeyboardInterrupt it prints ``INTERRUPTED`` after the group has stopped its chil
 
 MODE ``nested``: the non-daemon child runs an aioproc group of its own instead, with one
 grandchild that forks a great-grandchild; ``PIDS`` lists all five descendants.
+
+MODE ``gil``: the non-daemon child, once it has forked its grandchild, holds the GIL in C code
+for good (no Python code of its own can run again: signal handlers, threads).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -29,6 +33,15 @@ def sleeper_with_grandchild(path: str) -> None:
         os._exit(0)
     _write(path, str(pid))
     time.sleep(600)
+
+
+def gil_holder_with_grandchild(path: str) -> None:
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    _write(path, str(pid))
+    sum(itertools.repeat(1))  # a C loop that never lets go of the GIL
 
 
 def _write(path: str, text: str) -> None:
@@ -60,7 +73,10 @@ def nested_group_child(method: str, path: str) -> None:
 async def main(method: str, workdir: str, mode: str) -> None:
     async with aioproc.open_group(context=method, grace=2.0) as group:
         paths = [os.path.join(workdir, f"grandchild-{i}") for i in range(2)]
-        first = (nested_group_child, method) if mode == "nested" else (sleeper_with_grandchild,)
+        first: tuple[object, ...] = {
+            "nested": (nested_group_child, method),
+            "gil": (gil_holder_with_grandchild,),
+        }.get(mode, (sleeper_with_grandchild,))
         children = [
             await group.spawn(*first, paths[0], daemon=False),
             await group.spawn(sleeper_with_grandchild, paths[1], daemon=True),

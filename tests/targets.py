@@ -554,3 +554,21 @@ def flt_blocked_signals_of_other_threads() -> list[int]:
                 if line.startswith("SigBlk:"):
                     masks.append(int(line.split()[1], 16))
     return masks
+
+
+def flt_fallback_watchdog_masks() -> list[int]:
+    """Start the parent-death guard's fallback thread, then report as above."""
+    from aioproc import _child
+
+    _child._start_watchdog()
+    return flt_blocked_signals_of_other_threads()
+
+
+class FltBootGate:
+    """An argument that, unpickled in the child's bootstrap (before READY), waits for a gate."""
+
+    def __init__(self, gate: str) -> None:
+        self.gate = gate
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (flt_wait_for_path, (self.gate, "unpickled"))

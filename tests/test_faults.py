@@ -245,11 +245,10 @@ async def test_sigterm_reaches_the_childs_own_handler_at_once(tmp_path: Path) ->
     """A child's Python SIGTERM handler runs when the child is stopped, not a grace later.
 
     Python runs signal handlers in the main thread, and a blocking call there (time.sleep)
-    is interrupted only if the kernel delivers the signal to that thread. Every aioproc child
-    has a second thread, the parent-death watchdog: a signal delivered to it would leave the
-    handler waiting until the sleep ended, and stop() would escalate to SIGKILL. It was seen
-    here (about 1 stop in 60, right after the child had started) until the watchdog was born
-    with every signal blocked.
+    is interrupted only if the kernel delivers the signal to that thread. When aioproc's
+    parent-death guard was a thread in every child, a signal delivered to it left the
+    handler waiting until the sleep ended, and stop() escalated to SIGKILL (seen here, about
+    1 stop in 60, right after the child had started).
     """
     for i in range(20):
         ready = tmp_path / f"ready{i}"
@@ -259,17 +258,55 @@ async def test_sigterm_reaches_the_childs_own_handler_at_once(tmp_path: Path) ->
                 child = await group.spawn(targets.grp_raise_on_sigterm, str(ready), check=False)
                 while not ready.exists():
                     await anyio.sleep(0.001)
-                child.terminate()  # right away: the watchdog has only just started
+                child.terminate()  # right away: the child has only just started
         assert child.exitcode == 1  # its handler ran (and raised), no SIGKILL was needed
 
 
-async def test_the_watchdog_thread_takes_no_signal_meant_for_the_child() -> None:
-    """The mechanism behind the test above, checked directly (the race itself is rare)."""
-    masks = await aioproc.run(targets.flt_blocked_signals_of_other_threads)
-    assert masks, "the child has no watchdog thread"
-    for mask in masks:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            assert mask & (1 << (sig - 1)), f"{sig.name} not blocked in {mask:#x}"
+async def test_a_child_runs_no_thread_of_aioprocs() -> None:
+    """The parent-death guard lives in the kernel: the child's main thread is its only one,
+    so every signal is its own, and an os.fork() in the child forks a single thread."""
+    assert await aioproc.run(targets.flt_blocked_signals_of_other_threads) == []
+
+
+async def test_the_fallback_watchdog_thread_takes_no_signal_meant_for_the_child() -> None:
+    """Where the kernel's guard cannot be armed (not Linux), a watchdog thread stands in: it
+    is born with every signal blocked, for the reason of the test above."""
+    masks = await aioproc.run(targets.flt_fallback_watchdog_masks)
+    assert len(masks) == 1, "no watchdog thread was started"
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        assert masks[0] & (1 << (sig - 1)), f"{sig.name} not blocked in {masks[0]:#x}"
+
+
+# --- a child stuck while it boots ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])  # fork unpickles nothing
+async def test_a_child_stuck_while_it_boots_holds_up_no_other_start(
+    method: str, tmp_path: Path
+) -> None:
+    """Starts are paced (children booting at once leave a CPU to the event loop), but a child
+    that does not finish booting (here: its argument takes until the gate opens to unpickle)
+    holds up the starts behind it only briefly."""
+    gate = tmp_path / "gate"
+    stuck = aioproc.Process(
+        target=targets.return_value, args=(targets.FltBootGate(str(gate)),), context=method
+    )
+    started = anyio.Event()
+
+    async def start_stuck() -> None:
+        await stuck.start()
+        started.set()
+
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start_stuck)
+            while stuck.pid is None:  # it holds its boot slot now
+                await anyio.sleep(0.001)
+            for i in range(3):
+                assert await aioproc.run(targets.return_value, i, context=method) == i
+            assert not started.is_set()  # it still boots: those starts did not wait for it
+            gate.touch()
+        assert await stuck.result() == "unpickled"
 
 
 # --- exceptions that cannot come home ---------------------------------------------------------

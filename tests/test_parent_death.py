@@ -2,8 +2,9 @@
 
 Each test runs tests/parent_program.py as a subprocess (a group with a daemon and a non-daemon
 child, each with an os.fork() grandchild; in "nested" mode the non-daemon child runs an aioproc
-group of its own, whose child forks a great-grandchild), then kills or interrupts it and checks
-/proc for survivors. Survivors are SIGKILLed at the end, pass or fail.
+group of its own, whose child forks a great-grandchild; in "gil" mode the non-daemon child holds
+the GIL for good), then kills or interrupts it and checks /proc for survivors. Survivors are
+SIGKILLed at the end, pass or fail.
 """
 
 from __future__ import annotations
@@ -93,9 +94,19 @@ def test_parent_sigterm_takes_every_child_along(parent, method: str) -> None:  #
 
 @pytest.mark.parametrize("method", METHODS)
 def test_parent_sigkill_takes_nested_group_descendants_along(parent, method: str) -> None:  # type: ignore[no-untyped-def]
-    # The child's watchdog kills the child; the grandchild's watchdog sees the child die and
-    # kills the grandchild and its process group (the great-grandchild).
+    # The kernel kills the child's process group as the parent dies, then the grandchild's
+    # as the child dies (the great-grandchild is in the grandchild's group).
     proc, pids = parent(method, mode="nested")
+    proc.kill()
+    proc.wait()
+    assert _wait_gone(pids, within=1.0) == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_parent_sigkill_takes_a_child_that_holds_the_gil_along(parent, method: str) -> None:  # type: ignore[no-untyped-def]
+    # No Python code can run in that child any more: the kernel itself SIGKILLs its process
+    # group when the parent's liveness pipe loses its writer.
+    proc, pids = parent(method, mode="gil")
     proc.kill()
     proc.wait()
     assert _wait_gone(pids, within=1.0) == []
@@ -135,6 +146,6 @@ def test_ctrl_c_stops_nested_group_descendants(parent, method: str) -> None:  # 
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=GRACE + 5.0)
     assert "INTERRUPTED" in out and proc.returncode == 130
-    # The nested group's own children end by their watchdog, when the child they watch is
-    # stopped: a few milliseconds later.
+    # The nested group's own children end by their parent-death guard, when the child that
+    # started them is stopped: a few milliseconds later.
     assert _wait_gone(pids, within=1.0) == []
