@@ -32,6 +32,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from multiprocessing import connection, forkserver, process, resource_tracker, spawn, util
 from typing import Any, NamedTuple
 
@@ -200,16 +201,20 @@ async def connect(fds: list[int]) -> tuple[int, int]:
         os.close(child_w)
         raise
     try:
-        try:
-            stream = await anyio.connect_unix(address)
-        except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise Unreachable(f"the fork server refused the connection ({exc})") from exc
-        async with stream:
+        # A bare non-blocking socket, not an anyio stream: this runs once per start, on the
+        # event loop, and a local connect() and one sendmsg() rarely have to wait.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.setblocking(False)
+            try:
+                await _retry(sock, sock.connect, address)
+            except (ConnectionRefusedError, FileNotFoundError) as exc:
+                raise Unreachable(f"the fork server refused the connection ({exc})") from exc
             allfds = [child_r, child_w, alive_fd, tracker_fd, *fds]
             # multiprocessing.reduction.sendfds(): the count, modulo 256, as the message.
+            message = [bytes([len(allfds) % 256])]
             try:
-                await stream.send_fds(bytes([len(allfds) % 256]), allfds)
-            except (OSError, anyio.BrokenResourceError) as exc:
+                await _retry(sock, socket.send_fds, sock, message, allfds)
+            except OSError as exc:
                 raise Unreachable(f"the fork server hung up ({exc!r})") from exc
     except BaseException:
         os.close(parent_r)
@@ -219,6 +224,18 @@ async def connect(fds: list[int]) -> tuple[int, int]:
         os.close(child_r)
         os.close(child_w)
     return parent_r, parent_w
+
+
+async def _retry(sock: socket.socket, call: Callable[..., object], *args: Any) -> None:
+    """``call(*args)`` on non-blocking ``sock``, waiting while it would block."""
+    while True:
+        try:
+            call(*args)
+        except BlockingIOError:
+            # connect() of a unix socket: the server's backlog is full; send: buffer full.
+            await anyio.wait_writable(sock)
+        else:
+            return
 
 
 def _launch(server: Any) -> None:
