@@ -54,8 +54,8 @@ def _run_scenario_here(name: str, quick: bool, result: str) -> None:
     """In the scenario's own interpreter: run it, write its rows as JSON to ``result``."""
     import importlib
 
-    # Imported before the fork server starts, so that aioproc preloads them in it as it does
-    # for any program that uses them.
+    # Imported up front, so that no case pays for the import. (aioproc's fork server does not
+    # preload them: this main module does not import them at the top.)
     for optional in ("trio", "uvloop"):
         try:
             importlib.import_module(optional)
