@@ -859,7 +859,12 @@ def _page(raw: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "contention with the children's start-up causes on this 2-core machine, whatever the "
         "library. A loop that runs the storm itself cannot tick better than one that only "
         "ticks beside it, so a p99 (or max) below the control's is impossible on this machine; "
-        "*aioproc's own share* is aioproc's figure minus the control's.",
+        "*aioproc's own share* is aioproc's figure minus the control's. The control's loop "
+        "does no I/O, though, and a loop that does (aioproc's: every child's READY and exit) "
+        "pays a second floor: asyncio, trio and libuv sleep in epoll with millisecond "
+        "timeouts, rounded up, so a wake-up just before a timer is due makes the timer late by "
+        "up to 1 ms. The idle rows *loop woken by I/O* measure it alone (no children, no "
+        "work, no contention): compare their p99 with the idle ticker's.",
         "- **Exit detection** is measured from the *kernel's report* of the exit: the moment a "
         "pidfd of the child becomes readable, as seen by an observer process that is neither "
         "the parent nor the library (see scenario 3). The figure *from `os._exit`* (the "

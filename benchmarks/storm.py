@@ -243,6 +243,64 @@ async def _idle(seconds: float) -> dict[str, Any]:
     return metrics
 
 
+#: The writer of the woken-idle case: writes one byte to fd argv[1] at random moments, on
+#: average every WAKE_INTERVAL s, for argv[2] s.
+_WAKER = """
+import os, random, sys, time
+fd, end = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    time.sleep(random.uniform(0, 2 * float(sys.argv[3])))
+    os.write(fd, b"x")
+"""
+#: About as often as aioproc's loop wakes in a storm of 200: for each child, READY and its
+#: exit (its last frame, its exit status), over about a second.
+WAKE_INTERVAL = 0.0015
+
+
+async def _idle_woken(seconds: float) -> dict[str, Any]:
+    """The ticker, in a loop that unrelated I/O also wakes: no children, no work.
+
+    asyncio, trio and libuv sleep in epoll with a timeout in whole milliseconds, rounded up:
+    a wake-up just before a timer is due makes the next sleep overshoot it by up to 1 ms. Any
+    program whose loop does I/O pays it; this is its size, without CPU contention.
+    """
+    import os
+    import sys
+
+    import anyio
+
+    trace = LagTrace()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+
+    async def reader() -> None:
+        while True:
+            await anyio.wait_readable(read_fd)
+            try:
+                os.read(read_fd, 4096)
+            except BlockingIOError:
+                pass
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(trace.run)
+            tg.start_soon(reader)
+            await anyio.sleep(0.05)
+            cmd = [sys.executable, "-I", "-S", "-c", _WAKER]
+            cmd += [str(write_fd), str(seconds), str(WAKE_INTERVAL)]
+            async with await anyio.open_process(cmd, pass_fds=[write_fd]) as waker:
+                t0 = time.perf_counter()
+                await waker.wait()
+                t1 = time.perf_counter()
+            tg.cancel_scope.cancel()
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    metrics = lag_metrics(trace.window(t0, t1))
+    metrics.update(threads_extra=0, wall_s=t1 - t0)
+    return metrics
+
+
 async def _control(n: int, seconds: float) -> dict[str, Any]:
     """The ticker alone, while *another* process runs the same aioproc storm.
 
@@ -459,6 +517,11 @@ def fd_table_cases() -> list[Case]:
 
 
 def idle_cases(seconds: float) -> list[Case]:
+    woken = (
+        f"the loop is also woken by unrelated I/O (a pipe written at random moments, "
+        f"{1 / WAKE_INTERVAL:.0f} times a second, as often as aioproc's loop wakes in a storm "
+        "of 200): the cost of millisecond epoll timeouts, with no CPU contention and no work"
+    )
     return [
         Case(
             "idle ticker (no children)",
@@ -467,6 +530,16 @@ def idle_cases(seconds: float) -> list[Case]:
             functools.partial(run_on, backend, _idle, seconds),
             requires=backend_requires(backend),
             note="the instrument's floor: timer granularity of the loop",
+        )
+        for backend in ("asyncio", "trio", "uvloop")
+    ] + [
+        Case(
+            "idle ticker, loop woken by I/O (no children)",
+            backend,
+            "-",
+            functools.partial(run_on, backend, _idle_woken, seconds),
+            requires=backend_requires(backend),
+            note=woken,
         )
         for backend in ("asyncio", "trio", "uvloop")
     ]
