@@ -522,25 +522,24 @@ def idle_cases(seconds: float) -> list[Case]:
         f"{1 / WAKE_INTERVAL:.0f} times a second, as often as aioproc's loop wakes in a storm "
         "of 200): the cost of millisecond epoll timeouts, with no CPU contention and no work"
     )
+    kinds = [
+        (
+            "idle ticker (no children)",
+            _idle,
+            "the instrument's floor: timer granularity of the loop",
+        ),
+        ("idle ticker, loop woken by I/O (no children)", _idle_woken, woken),
+    ]
     return [
         Case(
-            "idle ticker (no children)",
+            label,
             backend,
             "-",
-            functools.partial(run_on, backend, _idle, seconds),
+            functools.partial(run_on, backend, fn, seconds),
             requires=backend_requires(backend),
-            note="the instrument's floor: timer granularity of the loop",
+            note=note,
         )
-        for backend in ("asyncio", "trio", "uvloop")
-    ] + [
-        Case(
-            "idle ticker, loop woken by I/O (no children)",
-            backend,
-            "-",
-            functools.partial(run_on, backend, _idle_woken, seconds),
-            requires=backend_requires(backend),
-            note=woken,
-        )
+        for label, fn, note in kinds
         for backend in ("asyncio", "trio", "uvloop")
     ]
 

@@ -26,21 +26,22 @@ import anyio
 import aioproc
 
 
-def sleeper_with_grandchild(path: str) -> None:
+def _fork_grandchild(path: str) -> None:
+    """Fork a grandchild that sleeps; write its pid to ``path``."""
     pid = os.fork()
     if pid == 0:
         time.sleep(600)
         os._exit(0)
     _write(path, str(pid))
+
+
+def sleeper_with_grandchild(path: str) -> None:
+    _fork_grandchild(path)
     time.sleep(600)
 
 
 def gil_holder_with_grandchild(path: str) -> None:
-    pid = os.fork()
-    if pid == 0:
-        time.sleep(600)
-        os._exit(0)
-    _write(path, str(pid))
+    _fork_grandchild(path)
     sum(itertools.repeat(1))  # a C loop that never lets go of the GIL
 
 
