@@ -19,7 +19,7 @@ import signal
 from multiprocessing import reduction
 from typing import TYPE_CHECKING, Any
 
-from ._wire import Kind, write_frame
+from ._wire import Kind, poll_now, write_frame
 
 if TYPE_CHECKING:
     from ._errors import ExceptionRecord
@@ -129,7 +129,7 @@ def bootstrap(
     process._become_current()
     current = process
     write_frame(fd, Kind.READY)
-    if _poll(fd, 0) & select.POLLERR:
+    if poll_now(fd, 0) & select.POLLERR:
         # Nobody reads our frames: the parent gave up on this start (its fork server died
         # before it could report our pid, so the start failed). Run nothing.
         raise SystemExit(1)
@@ -225,18 +225,11 @@ def guard_parent(liveness: int) -> None:
         else:
             # Kept for our whole life, through exec() too: closing it disarms the guard.
             os.set_inheritable(own, True)
-            if _poll(own, select.POLLIN) & select.POLLHUP:
+            if poll_now(own, select.POLLIN) & select.POLLHUP:
                 # The parent died before we armed: nothing will fire now.
                 os.killpg(0, signal.SIGKILL)
             return
     _start_watchdog()
-
-
-def _poll(fd: int, events: int) -> int:
-    """The events of ``fd`` now (POLLERR, POLLHUP come whether asked for or not)."""
-    poller = select.poll()
-    poller.register(fd, events)
-    return sum(revents for _, revents in poller.poll(0))
 
 
 def _start_watchdog() -> None:

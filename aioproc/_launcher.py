@@ -38,6 +38,7 @@ import anyio.to_thread
 from . import _child, _forkserver
 from ._child import InheritedFd, Payload
 from ._errors import SpawnError
+from ._wire import poll_now
 
 if TYPE_CHECKING:
     from ._process import Process
@@ -201,20 +202,6 @@ def _running(pid: int) -> bool:
         return True
 
 
-def _no_reader(fd: int) -> bool:
-    """Whether the pipe that ``fd`` writes to has no reader left (POLLERR on a write end)."""
-    poller = select.poll()
-    poller.register(fd, 0)
-    return any(events & select.POLLERR for _, events in poller.poll(0))
-
-
-def _readable(fd: int) -> bool:
-    # poll(), not select(): a parent with hundreds of children has fds above FD_SETSIZE.
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 class LocalHandle:
     """A child started by :mod:`multiprocessing`, with aioproc owning its reaping.
 
@@ -291,11 +278,11 @@ class LocalHandle:
 
     def _poll_server(self) -> int | None:
         if self._pidfd is not None:  # orphaned: the server died before the child
-            if not _readable(self._pidfd):
+            if not poll_now(self._pidfd, select.POLLIN):
                 return None
             self.status_lost = True
             return _ORPHAN_STATUS
-        if not _readable(self._popen.sentinel):
+        if not poll_now(self._popen.sentinel, select.POLLIN):
             return None
         try:
             code: int = forkserver.read_signed(self._popen.sentinel)
@@ -304,7 +291,7 @@ class LocalHandle:
             pass
         logger.warning("the fork server died before pid %d: its exit status will be lost", self.pid)
         self._pidfd = _pidfd_open(self.pid)
-        if self._pidfd is None or _readable(self._pidfd):
+        if self._pidfd is None or poll_now(self._pidfd, select.POLLIN):
             self.status_lost = True
             return _ORPHAN_STATUS  # already gone
         return None
@@ -580,7 +567,7 @@ async def _launch_forkserver(context: Context, process: Process, daemon: bool) -
                     # The server went away mid-request. If nothing holds the other end of the
                     # data pipe, it never forked: the start can be retried with a new server.
                     # Otherwise a child may have our data, and must not be started twice.
-                    if _no_reader(data_w):
+                    if poll_now(data_w, 0) & select.POLLERR:  # no reader left
                         raise _forkserver.Unreachable(f"the fork server went away ({exc})") from exc
                     raise
         except BaseException as exc:  # noqa: BLE001 - re-raised, as a SpawnError if we can

@@ -10,9 +10,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import struct
 
-__all__ = ["FrameReader", "Kind", "write_frame"]
+__all__ = ["FrameReader", "Kind", "poll_now", "write_frame"]
 
 _HEADER = struct.Struct("!Q")
 #: Frames above this size get a bigger pipe (fewer wake-ups for the parent), best effort.
@@ -29,6 +30,15 @@ class Kind:
     VALUE = b"V"  # the target returned; body: pickled value
     RAISED = b"E"  # the target raised; body: pickled (data, type name, message, traceback)
     UNPICKLABLE = b"U"  # the value could not be pickled; body as for RAISED, plus its type
+
+
+def poll_now(fd: int, events: int) -> int:
+    """The poll events of ``fd`` right now, without waiting (POLLERR and POLLHUP come whether
+    asked for or not). poll(), not select(): a parent with hundreds of children, and the
+    fork children it copies its fd numbers to, have fds above select()'s FD_SETSIZE."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return sum(revents for _, revents in poller.poll(0))
 
 
 def write_frame(fd: int, kind: bytes, body: bytes = b"") -> None:
