@@ -1,14 +1,17 @@
 """Process groups: structured concurrency for child processes.
 
-A group is a task group whose tasks are watchers, one per child. A watcher waits for its child
-and publishes its :class:`ExitEvent`; when the watcher is cancelled -- the group is cancelled,
-its body raised, a checked sibling failed, or the block ended and the child is a daemon -- it
-stops its child (SIGTERM, ``grace``, SIGKILL) and reaps it before letting the cancellation go
-on. So the one rule "no child outlives its group" is one mechanism: the task group's.
+A group is a task group whose tasks are watchers, one per child. A watcher waits for its
+child and checks it (the child's :class:`ExitEvent` is recorded the moment its exit is seen,
+so events come in exit order whatever order the tasks run in); when the watcher is cancelled
+-- the group is cancelled, its body raised, a checked sibling failed, or the block ended and
+the child is a daemon -- it stops its child (SIGTERM, ``grace``, SIGKILL) and reaps it before
+letting the cancellation go on. So the one rule "no child outlives its group" is one
+mechanism: the task group's.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from types import TracebackType
@@ -120,6 +123,13 @@ class ProcessGroup:
                 self._slots.release()
             raise
         self._processes.append(process)
+        # The exit is recorded the moment the watcher sees it, not when this child's watcher
+        # task next runs: a child that exited while it started (or before its task's first
+        # turn) must not be listed after a sibling that exited later.
+        if _exited(process):
+            self._record_exit(process)
+        else:
+            process._on_exit = functools.partial(self._record_exit, process)
         if not process.daemon:
             self._non_daemons_watched += 1
         scope = anyio.CancelScope()
@@ -192,9 +202,12 @@ class ProcessGroup:
         while self._non_daemons_watched:
             await self._changed.wait()
 
+    def _record_exit(self, process: Process) -> None:
+        self._events.append(process._exit_event())
+        self._notify()
+
     async def _watch(self, process: Process, check: bool, scope: anyio.CancelScope) -> None:
-        """One per child: wait for it, stop it if cancelled, publish its exit, check it."""
-        event: ExitEvent | None = None
+        """One per child: wait for it, stop it if cancelled, check it."""
         try:
             with scope:
                 try:
@@ -212,12 +225,9 @@ class ProcessGroup:
                 self._non_daemons_watched -= 1
             if self._slots is not None:
                 self._slots.release()
-            if _exited(process):
-                event = process._exit_event()
-                self._events.append(event)
             self._notify()
-        if check and event is not None and event.error is not None:
-            raise event.error
+        if check and _exited(process) and (error := process._failure()) is not None:
+            raise error
 
     # --- plumbing ---------------------------------------------------------------------------
 

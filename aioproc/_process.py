@@ -129,6 +129,8 @@ class Process:
         self._value: Any = None
         self._decoded = False
         self._stopped_early = False
+        #: Called once the watcher saw the exit: how a group records exits in the order seen.
+        self._on_exit: Callable[[], None] | None = None
 
     # --- attributes, as in multiprocessing --------------------------------------------------
 
@@ -468,8 +470,10 @@ class Process:
     # --- plumbing ---------------------------------------------------------------------------
 
     def _finished(self) -> None:
-        """The watcher saw the exit and released the child's fds."""
+        """The watcher saw the exit (the child's fds are released right after this)."""
         _live.discard(self)
+        if self._on_exit is not None:
+            self._on_exit()
         import logging
 
         logger = _logger()

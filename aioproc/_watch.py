@@ -243,9 +243,11 @@ class Watcher:
         # Forget the child before closing its fds: a fork start in a start thread copies the
         # list of live children, and its child closes their fds (_child.py). A child listed
         # with fds already closed here would close fd numbers reused by then -- its own pipe.
-        self._on_finish()
-        self.handle.close()
-        self._notify()
+        try:
+            self._on_finish()
+        finally:
+            self.handle.close()
+            self._notify()
 
     def _read(self, budget: int | None) -> None:
         self._reader.read_available(budget)

@@ -566,6 +566,22 @@ async def test_events_come_in_exit_order_once_to_every_iterator(tmp_path: Path) 
     assert [await p.result() for p in expected] == order
 
 
+async def test_events_are_in_exit_order_whatever_order_the_watchers_run(tmp_path: Path) -> None:
+    # A child whose exit is seen before the group's task watching it first runs (CI caught one
+    # that exited during its own start) is listed before a sibling that exited after it.
+    gate = tmp_path / "gate"
+    async with aioproc.open_group() as group:
+        later = await group.spawn(targets.grp_wait_for_file, str(gate), name="later")
+        first = await group.spawn(targets.grp_hard_exit, 3, check=False, name="first")
+        # No checkpoint from here to the end of the block: no watcher task runs meanwhile.
+        _block_until_exited(first.pid)  # type: ignore[arg-type]
+        assert first.exitcode == 3
+        gate.touch()
+        _block_until_exited(later.pid)  # type: ignore[arg-type]
+        assert later.exitcode == 0
+    assert [ev.process for ev in await _events(group)] == [first, later]
+
+
 async def test_events_end_when_every_child_spawned_so_far_has_exited(tmp_path: Path) -> None:
     gates = [tmp_path / "a", tmp_path / "b"]
     got: list[aioproc.Process] = []
