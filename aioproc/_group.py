@@ -203,8 +203,9 @@ class ProcessGroup:
             await self._changed.wait()
 
     def _record_exit(self, process: Process) -> None:
+        # Called by whatever saw the exit, which may be sync code outside any event loop (at
+        # interpreter exit): it only records. Iterators are woken by the child's watcher task.
         self._events.append(process._exit_event())
-        self._notify()
 
     async def _watch(self, process: Process, check: bool, scope: anyio.CancelScope) -> None:
         """One per child: wait for it, stop it if cancelled, check it."""
