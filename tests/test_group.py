@@ -78,6 +78,14 @@ async def _wait_for_file(path: Path) -> str:
     return path.read_text()
 
 
+async def _wait_until_asleep(ready: Path) -> None:
+    """Wait until a grp_raise_on_sigterm child has written ``ready`` and sleeps: a SIGTERM that
+    lands just before its time.sleep() starts is handled only when the sleep ends (CPython
+    checks for signals between bytecodes), so its handler would not run when it is stopped."""
+    pid = int(await _wait_for_file(ready))
+    await _until(lambda: _state(pid) == "S")
+
+
 async def _grandchild_gone(pid: int) -> None:
     """A grandchild gets the same signal as its parent (the child's process group), but
     signals are delivered asynchronously: give it the moment it needs to act on it."""
@@ -390,7 +398,7 @@ async def test_a_failing_checked_child_cancels_the_group(
                 sibling_daemon = await group.spawn(targets.grp_sleep_long, daemon=True)
                 # Exits 1 with an exception when stopped: still not a failure.
                 raiser = await group.spawn(targets.grp_raise_on_sigterm, str(ready))
-                await _wait_for_file(ready)
+                await _wait_until_asleep(ready)
                 bad = await group.spawn(target, *args, name="bad", daemon=daemon)
                 if failure == "outside SIGKILL":
                     assert bad.pid is not None
@@ -499,7 +507,7 @@ async def test_children_stopped_by_the_group_are_not_failures(tmp_path: Path, ho
                 # SIGTERM raises ValueError in these: they exit 1 with an exception.
                 await group.spawn(targets.grp_raise_on_sigterm, str(path), daemon=daemon)
             for path in ready:
-                await _wait_for_file(path)
+                await _wait_until_asleep(path)
             if not daemon:
                 raise boom
     except ExceptionGroup as eg:
