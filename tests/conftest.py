@@ -16,6 +16,8 @@ import uvloop
 # Children re-import test modules by path (spawn/forkserver): make `tests` importable.
 sys.path.insert(0, os.path.dirname(__file__))
 
+import procfs  # tests/ is on sys.path from here on
+
 #: The start method the suite runs with (``make matrix``), or None for aioproc's default.
 START_METHOD = os.environ.get("AIOPROC_TEST_START_METHOD") or None
 
@@ -65,13 +67,5 @@ def no_leftover_children() -> Iterator[None]:
     import aioproc
 
     assert aioproc.active_children() == []
-    zombies = []
-    for pid in _children_of(os.getpid()):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            continue
-        if state == "Z":
-            zombies.append(pid)
+    zombies = [pid for pid in _children_of(os.getpid()) if procfs.state(pid) == "Z"]
     assert zombies == []

@@ -31,6 +31,7 @@ import anyio
 import pytest
 import targets
 from conftest import START_METHOD
+from procfs import running, state
 
 import aioproc
 
@@ -61,26 +62,12 @@ async def recv(conn: multiprocessing.connection.Connection) -> Any:
     return conn.recv()
 
 
-def state(pid: int) -> str | None:
-    """The state letter of ``pid``'s main thread (R, S, D, Z, ...), None once reaped."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped between open and read
-        return None
-
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie has died; it only waits for its reaper)."""
-    return state(pid) not in ("Z", None)
-
-
 async def wait_gone(pids: list[int], within: float = 10.0) -> list[int]:
     """Wait until none of ``pids`` runs; return those still running after ``within`` s."""
     with anyio.move_on_after(within):
-        while any(alive(pid) for pid in pids):
+        while any(running(pid) for pid in pids):
             await anyio.sleep(0.01)
-    return [pid for pid in pids if alive(pid)]
+    return [pid for pid in pids if running(pid)]
 
 
 def kill_all(pids: list[int]) -> None:
@@ -199,7 +186,7 @@ async def test_crash_of_checked_child_stops_siblings(kind: str, code: int, said:
     assert sorted(e.pid for e in events) == sorted([crasher.pid, sibling.pid])  # one each
     [stopped] = [e for e in events if e.process is sibling]
     assert stopped.stopped and stopped.ok and stopped.exitcode == -signal.SIGTERM
-    assert not alive(sibling.pid)  # type: ignore[arg-type]
+    assert not running(sibling.pid)  # type: ignore[arg-type]
 
 
 # --- a child ignores SIGTERM ------------------------------------------------------------------
@@ -506,7 +493,7 @@ DESCENDANTS = [
 
 async def check_gone(descendants: list[int], at_once: bool) -> None:
     if at_once:
-        assert [pid for pid in descendants if alive(pid)] == []
+        assert [pid for pid in descendants if running(pid)] == []
     else:
         assert await wait_gone(descendants) == []
 
@@ -519,7 +506,7 @@ async def test_stop_ends_every_descendant(
     process = aioproc.Process(target=target, args=(writer, *args))
     await process.start()
     descendants = await recv(reader)
-    assert descendants and all(alive(pid) for pid in descendants)
+    assert descendants and all(running(pid) for pid in descendants)
     try:
         with anyio.fail_after(BOUND):
             await process.stop(grace=SHORT_GRACE)
@@ -539,7 +526,7 @@ async def test_group_cancel_ends_every_descendant(
             async with aioproc.open_group(grace=SHORT_GRACE) as group:
                 await group.spawn(target, writer, *args)
                 descendants = await recv(reader)
-                assert descendants and all(alive(pid) for pid in descendants)
+                assert descendants and all(running(pid) for pid in descendants)
                 scope.cancel()
         await check_gone(descendants, at_once)
     finally:
@@ -665,7 +652,7 @@ async def test_fork_server_killed_from_outside(pipe: Any) -> None:
         finishing = await group.spawn(targets.flt_wait_and_return, reader, "finished", check=False)
         sleeping = await group.spawn(targets.flt_sleep, targets.LONG)
         old_server = _forkserver_pid()
-        assert old_server is not None and alive(old_server)
+        assert old_server is not None and running(old_server)
         os.kill(old_server, signal.SIGKILL)
         with anyio.fail_after(BOUND):
             # A start right away meets a dying server (its socket may still take the request,
@@ -681,7 +668,7 @@ async def test_fork_server_killed_from_outside(pipe: Any) -> None:
             await finishing.wait()
             # ...and one is stopped, by signal, as usual.
             await sleeping.stop()
-        assert not alive(finishing.pid) and not alive(sleeping.pid)  # type: ignore[arg-type]
+        assert not running(finishing.pid) and not running(sleeping.pid)  # type: ignore[arg-type]
     events = {e.process: e for e in await events_of(group)}
     assert len(events) == 2
     assert events[sleeping].ok and events[sleeping].stopped

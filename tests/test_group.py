@@ -29,6 +29,7 @@ import targets
 import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from procfs import running, state
 
 import aioproc
 from aioproc import ExitEvent, ProcessFailed, ProcessStateError, RemoteTraceback
@@ -44,26 +45,12 @@ DAEMONIC = r"daemonic processes (are not allowed to|may not) have children"
 # --- helpers --------------------------------------------------------------------------------
 
 
-def _state(pid: int) -> str | None:
-    """The /proc state letter of ``pid`` ("Z" for a zombie), or None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped between open and read
-        return None
-
-
-def _running(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has died: it only waits for its reaper)."""
-    return _state(pid) not in (None, "Z")
-
-
 def _assert_reaped(processes: list[aioproc.Process]) -> None:
     """Every process has exited and been reaped: nothing is left of it in /proc."""
     for p in processes:
         assert p.exitcode is not None, p
         assert not p.is_alive(), p
-        assert p.pid is not None and _state(p.pid) is None, (p, _state(p.pid or 0))
+        assert p.pid is not None and state(p.pid) is None, (p, state(p.pid or 0))
 
 
 async def _until(predicate: Callable[[], bool]) -> None:
@@ -83,13 +70,13 @@ async def _wait_until_asleep(ready: Path) -> None:
     lands just before its time.sleep() starts is handled only when the sleep ends (CPython
     checks for signals between bytecodes), so its handler would not run when it is stopped."""
     pid = int(await _wait_for_file(ready))
-    await _until(lambda: _state(pid) == "S")
+    await _until(lambda: state(pid) == "S")
 
 
 async def _grandchild_gone(pid: int) -> None:
     """A grandchild gets the same signal as its parent (the child's process group), but
     signals are delivered asynchronously: give it the moment it needs to act on it."""
-    await _until(lambda: not _running(pid))
+    await _until(lambda: not running(pid))
 
 
 def _leaves(exc: BaseException | None) -> list[BaseException]:
@@ -119,7 +106,7 @@ def _block_until_exited(pid: int) -> None:
         if ppid == os.getpid():  # our own child (fork, spawn): ask without reaping it
             if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 return
-        elif _state(pid) is None:  # the fork server reaped it ...
+        elif state(pid) is None:  # the fork server reaped it ...
             time.sleep(0.05)  # ... and sends us its status right after
             return
         time.sleep(0.001)
@@ -136,7 +123,7 @@ async def test_spawn_returns_a_started_child_and_the_group_lists_them(tmp_path: 
         a = await group.spawn(targets.grp_wait_for_file, str(gates[0]), "a", name="a")
         assert isinstance(a, aioproc.Process)
         assert isinstance(a.pid, int) and a.is_alive() and a.exitcode is None
-        assert _running(a.pid)
+        assert running(a.pid)
         assert a.name == "a" and a.daemon is False
         # Keyword arguments for the target go through functools.partial.
         b = await group.spawn(
@@ -333,7 +320,7 @@ async def test_leaving_abnormally_stops_and_reaps_every_child(tmp_path: Path, ho
                 forker = await group.spawn(targets.grp_fork_grandchild, str(pid_file))
                 await _wait_for_file(ready)
                 grandchild = int(await _wait_for_file(pid_file))
-                assert _running(grandchild)
+                assert running(grandchild)
                 if how == "body raises":
                     raise boom
                 if how == "scope cancelled":

@@ -18,28 +18,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from procfs import running
 
 PROGRAM = Path(__file__).with_name("parent_program.py")
 METHODS = ["forkserver", "spawn", "fork"]
 
 
-def _alive(pid: int) -> bool:
-    """True if pid runs (a zombie has already died; it only waits for its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _wait_gone(pids: list[int], within: float) -> list[int]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if running(p)]
         if not alive:
             return []
         time.sleep(0.02)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if running(p)]
 
 
 @pytest.fixture
@@ -63,7 +55,7 @@ def parent(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
         assert line.startswith("PIDS"), line
         pids = [int(x) for x in line.split()[1:]]
         started[-1] = (proc, pids)
-        assert len(pids) == (5 if mode == "nested" else 4) and all(_alive(p) for p in pids)
+        assert len(pids) == (5 if mode == "nested" else 4) and all(running(p) for p in pids)
         return proc, pids
 
     yield start
@@ -137,7 +129,7 @@ def test_ctrl_c_stops_children_gracefully(parent, method: str, backend: str) -> 
     assert time.monotonic() - interrupted < GRACE + 1.0
     # The group stopped and reaped its children before KeyboardInterrupt left it, and their
     # grandchildren (same process groups) with them.
-    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in pids if running(p)] == []
 
 
 @pytest.mark.parametrize("method", METHODS)

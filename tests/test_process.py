@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import pytest
 import targets
+from procfs import running
 
 import aioproc
 
@@ -52,19 +53,10 @@ async def recv(conn: multiprocessing.connection.Connection) -> Any:
     return conn.recv()
 
 
-def _running(pid: int) -> bool:
-    """True if pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 async def until_gone(pid: int) -> None:
     """Wait until pid no longer runs (a process we are not the parent of: poll /proc)."""
     with anyio.fail_after(10):
-        while _running(pid):
+        while running(pid):
             await anyio.sleep(0.005)
 
 
@@ -192,7 +184,7 @@ async def test_start_returns_once_child_runs(pipe: Any) -> None:
         assert p.pid is not None
         assert p.is_alive()
         assert p.exitcode is None
-        assert _running(p.pid)
+        assert running(p.pid)
         # The bootstrap has run: the child already leads its own process group.
         assert os.getpgid(p.pid) == p.pid
         assert f"pid={p.pid} started" in repr(p)
@@ -423,7 +415,7 @@ async def test_signals_reach_grandchildren(pipe: Any, method: str) -> None:
     p = await started(targets.fork_grandchild_and_sleep, writer)
     grandchild = await recv(reader)
     try:
-        assert _running(grandchild)
+        assert running(grandchild)
         if method == "stop":
             await p.stop(grace=5)
         else:
@@ -839,10 +831,10 @@ async def test_cancelled_run_leaves_no_child(pipe: Any) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(aioproc.run, targets.send_pid_and_sleep, writer)
             pid = await recv(reader)
-            assert _running(pid)
+            assert running(pid)
             scope.cancel()
     assert scope.cancelled_caught
-    assert not _running(pid)
+    assert not running(pid)
     assert aioproc.active_children() == []
 
 
